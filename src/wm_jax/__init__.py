@@ -1,0 +1,8 @@
+"""wm_jax: World Models (Ha & Schmidhuber, 2018) in JAX.
+
+V (`wm_jax.vae`) compresses frames to z, M (`wm_jax.mdn_rnn`) predicts the next z, C
+(`wm_jax.controller`) acts on [z, h]; `wm_jax.dream` turns M into a jittable environment and
+`wm_jax.evolve` trains C with CMA-ES in it.
+"""
+
+__version__ = "0.1.0"
