@@ -1,0 +1,238 @@
+"""Experiment configuration: one frozen dataclass per stage, presets per experiment and scale.
+
+Sections reuse the model modules' own configs (`vae.VAEConfig`, `mdn_rnn.MDNRNNConfig`,
+`evolve.EvolveConfig`, ...), so a field means the same thing everywhere. The command line
+changes any field with `--set section.field=value`; a mistyped section or field, or a value
+outside its allowed range, stops before any work with a message naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from wm_jax import evolve, mdn_rnn, vae
+
+EXPERIMENTS = ("car_racing", "doom_take_cover", "minatar_breakout")
+SCALES = ("smoke", "small", "paper")
+STAGES = (
+    "collect",
+    "train_vae",
+    "encode",
+    "train_mdn_rnn",
+    "train_controller",
+    "evaluate",
+    "report",
+)
+GAME_OF = {
+    "car_racing": "car_racing",
+    "doom_take_cover": "doom_take_cover",
+    "minatar_breakout": "minatar_breakout",
+}
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the section and field and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectConfig:
+    """Random rollouts in the real game (World Models: 10,000 per game)."""
+
+    episodes: int = 10_000
+    max_frames: int | None = None  # None: the game's own cap (CarRacing 1,000, Doom 2,100)
+    min_frames: int | None = None  # Doom: the paper's code drops episodes under 100 frames
+    workers: int = 0  # 0: one per CPU core
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Streaming loaders."""
+
+    memory_budget_mb: int = 2048  # frames held in RAM by V's loader (not the whole dataset)
+    encode_batch_size: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerStageConfig:
+    """How C is built and where it is trained."""
+
+    kind: str = "linear_zh"  # linear_zh (paper's full model), linear_z, hidden_z (V-only rows)
+    train_in: str = "real"  # real (paper, CarRacing) or dream (paper, Doom)
+    temperature: float = 1.0  # τ of the dream (World Models §4.4); Doom 1.15
+    generations: int = 1800
+    initial_frames: int = 1024  # real first frames whose encodings start the dreams
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation in the real game on seeds never used in training."""
+
+    episodes: int = 100  # World Models reports 100 episodes / tracks
+    workers: int = 0  # 0: one per CPU core
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    experiment: str
+    scale: str
+    seed: int
+    collect: CollectConfig
+    data: DataConfig
+    vae: vae.VAEConfig
+    vae_train: vae.VAETrainConfig
+    mdn_rnn: mdn_rnn.MDNRNNConfig
+    mdn_train: mdn_rnn.MDNTrainConfig
+    controller: ControllerStageConfig
+    evolve: evolve.EvolveConfig
+    evaluate: EvaluateConfig
+
+    @property
+    def game(self) -> str:
+        return GAME_OF[self.experiment]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = (
+    "collect",
+    "data",
+    "vae",
+    "vae_train",
+    "mdn_rnn",
+    "mdn_train",
+    "controller",
+    "evolve",
+    "evaluate",
+)
+
+# Allowed values (choices, or (low, high) inclusive numeric ranges; None = unbounded).
+_CHOICES = {
+    ("controller", "kind"): ("linear_zh", "linear_z", "hidden_z"),
+    ("controller", "train_in"): ("real", "dream"),
+}
+_RANGES = {
+    ("controller", "temperature"): (1e-3, 10.0),
+    ("vae", "kl_tolerance"): (0.0, None),
+    ("vae", "latent_dim"): (1, 1024),
+    ("vae_train", "learning_rate"): (1e-8, 1.0),
+    ("mdn_train", "learning_rate"): (1e-8, 1.0),
+    ("mdn_rnn", "num_mixtures"): (1, 64),
+    ("evolve", "sigma_init"): (1e-6, 100.0),
+    ("collect", "workers"): (0, 4096),
+    ("evaluate", "workers"): (0, 4096),
+}
+_ZERO_ALLOWED = ("eval_every", "checkpoint_every", "min_frames", "done_pos_weight")
+
+
+def _check_value(section: str, name: str, value: Any) -> None:
+    where = f"{section}.{name}"
+    if (section, name) in _CHOICES and value not in _CHOICES[(section, name)]:
+        raise ConfigError(f"{where}={value!r}: allowed values are {_CHOICES[(section, name)]}")
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    default = (0, None) if name in _ZERO_ALLOWED or isinstance(value, float) else (1, None)
+    low, high = _RANGES.get((section, name), default)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{where}={value!r}: must be {bounds}")
+
+
+def validate(config: ExperimentConfig) -> ExperimentConfig:
+    """Check every field's value and the cross-section constraints; returns `config`."""
+    if config.experiment not in EXPERIMENTS:
+        raise ConfigError(f"experiment {config.experiment!r}: choose one of {EXPERIMENTS}")
+    if config.scale not in SCALES:
+        raise ConfigError(f"scale {config.scale!r}: choose one of {SCALES}")
+    for section in SECTIONS:
+        sub = getattr(config, section)
+        for field in dataclasses.fields(sub):
+            _check_value(section, field.name, getattr(sub, field.name))
+    if config.vae.latent_dim != config.mdn_rnn.latent_dim:
+        raise ConfigError(
+            f"vae.latent_dim={config.vae.latent_dim} and mdn_rnn.latent_dim="
+            f"{config.mdn_rnn.latent_dim} must be equal (M models V's latent)"
+        )
+    if config.controller.train_in == "dream" and config.game == "car_racing":
+        if not config.mdn_rnn.predict_reward:
+            raise ConfigError(
+                "controller.train_in=dream for car_racing needs M to predict reward: "
+                "add --set mdn_rnn.predict_reward=true"
+            )
+    per_call = config.evolve.generations_per_call
+    if config.controller.generations % per_call:
+        raise ConfigError(
+            f"controller.generations={config.controller.generations} must be a multiple of "
+            f"evolve.generations_per_call={per_call}"
+        )
+    return config
+
+
+def _parse(section: str, name: str, annotation: Any, text: str) -> Any:
+    """Parse `text` as the field's annotated type (int, float, bool, str, tuple, optional)."""
+    where = f"{section}.{name}"
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**vars(typing), **vars(types)})  # from __future__ annotations
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        annotation = next(arg for arg in args if arg is not type(None))
+    try:
+        if annotation is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if annotation is int:
+            return int(text.replace("_", ""))
+        if annotation is float:
+            return float(text)
+        if typing.get_origin(annotation) is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return text
+    except ValueError:
+        raise ConfigError(f"{where}={text!r}: expected {annotation.__name__}") from None
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Apply `section.field=value` settings; errors name the section or field and the choices."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections: {SECTIONS}")
+        sub = getattr(config, section)
+        fields = {f.name: f for f in dataclasses.fields(sub)}
+        if name not in fields:
+            raise ConfigError(
+                f"--set {item!r}: unknown field {section}.{name}; fields: {sorted(fields)}"
+            )
+        value = _parse(section, name, fields[name].type, text.strip())
+        _check_value(section, name, value)
+        try:
+            sub = dataclasses.replace(sub, **{name: value})
+        except (ValueError, TypeError) as err:  # the module config's own __post_init__
+            raise ConfigError(f"--set {item!r}: {err}") from err
+        config = dataclasses.replace(config, **{section: sub})
+    return validate(config)
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild a config from `to_dict()` output (e.g. a run folder's config.json)."""
+    from wm_jax.presets import preset  # presets build on the classes of this module
+
+    kwargs = dict(data)
+    for field in dataclasses.fields(ExperimentConfig):
+        if field.name in SECTIONS:
+            cls = type(getattr(preset(data["experiment"], data["scale"]), field.name))
+            sub = dict(data[field.name])
+            for f in dataclasses.fields(cls):  # JSON turns tuples into lists
+                if isinstance(sub.get(f.name), list):
+                    sub[f.name] = tuple(sub[f.name])
+            kwargs[field.name] = cls(**sub)
+    return validate(ExperimentConfig(**kwargs))

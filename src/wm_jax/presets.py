@@ -1,0 +1,159 @@
+"""Presets named after the paper's experiments, at three scales.
+
+- `paper`: every hyperparameter of World Models (Appendix and the authors' code; see
+  ../shared/PAPER.md): 10,000 random rollouts, V 10 epochs at batch 100, M 4,000 steps of
+  batch 100, CMA-ES population 64 x 16 rollouts, 100 real evaluation episodes.
+- `small`: the same pipeline cut down so a laptop CPU finishes in about an hour and still
+  produces an agent clearly better than random.
+- `smoke`: minutes on a CPU, for tests and CI: every stage runs, nothing is learned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from wm_jax import evolve, mdn_rnn, vae
+from wm_jax.config import (
+    EXPERIMENTS,
+    SCALES,
+    CollectConfig,
+    ConfigError,
+    ControllerStageConfig,
+    DataConfig,
+    EvaluateConfig,
+    ExperimentConfig,
+    validate,
+)
+
+
+def _paper(experiment: str, seed: int) -> ExperimentConfig:
+    if experiment == "doom_take_cover":
+        return ExperimentConfig(
+            experiment=experiment,
+            scale="paper",
+            seed=seed,
+            # World Models code: episodes under 100 frames dropped, cap 2,100.
+            collect=CollectConfig(episodes=10_000, min_frames=100),
+            data=DataConfig(),
+            vae=vae.DOOM,
+            vae_train=vae.VAETrainConfig(),
+            mdn_rnn=mdn_rnn.DOOM,
+            mdn_train=mdn_rnn.DOOM_TRAIN,
+            # World Models §4.4/Table: C trained only in the dream at τ = 1.15.
+            controller=ControllerStageConfig(train_in="dream", temperature=1.15, generations=1800),
+            evolve=evolve.PAPER,
+            evaluate=EvaluateConfig(),
+        )
+    if experiment == "car_racing":
+        return ExperimentConfig(
+            experiment=experiment,
+            scale="paper",
+            seed=seed,
+            collect=CollectConfig(episodes=10_000),
+            data=DataConfig(),
+            vae=vae.CAR_RACING,
+            vae_train=vae.VAETrainConfig(),
+            mdn_rnn=mdn_rnn.CAR_RACING,
+            mdn_train=mdn_rnn.MDNTrainConfig(),
+            # World Models: C trained in the real game, 1,000-frame episodes.
+            controller=ControllerStageConfig(train_in="real", temperature=1.0, generations=1800),
+            evolve=dataclasses.replace(evolve.PAPER, max_steps=1000, generations_per_call=1),
+            evaluate=EvaluateConfig(),
+        )
+    # MinAtar Breakout: not in the paper; a fully JAX-native demo of the same pipeline. M
+    # predicts reward and done so that C can be trained in the dream.
+    return ExperimentConfig(
+        experiment=experiment,
+        scale="paper",
+        seed=seed,
+        collect=CollectConfig(episodes=2_000, max_frames=500),
+        data=DataConfig(),
+        vae=vae.VAEConfig(32),
+        vae_train=vae.VAETrainConfig(),
+        mdn_rnn=dataclasses.replace(
+            mdn_rnn.CAR_RACING,
+            action_dim=1,
+            use_restart=True,
+            predict_done=True,
+            predict_reward=True,
+        ),
+        mdn_train=mdn_rnn.MDNTrainConfig(seq_len=200, num_steps=4000),
+        controller=ControllerStageConfig(train_in="dream", temperature=1.0, generations=500),
+        evolve=dataclasses.replace(evolve.PAPER, max_steps=500),
+        evaluate=EvaluateConfig(),
+    )
+
+
+def _small(config: ExperimentConfig) -> ExperimentConfig:
+    """About an hour on a 2-core CPU; same architecture (V, M sizes) as the paper."""
+    replace = dataclasses.replace
+    game = config.experiment
+    episodes = {"doom_take_cover": 400, "car_racing": 100, "minatar_breakout": 300}[game]
+    max_frames = {"doom_take_cover": None, "car_racing": 500, "minatar_breakout": 300}[game]
+    evolve_config = replace(
+        config.evolve,
+        population_size=32,
+        rollouts_per_member=8 if game != "car_racing" else 1,
+        eval_every=10 if game != "car_racing" else 0,
+        eval_rollouts=256,
+        generations_per_call=5 if game != "car_racing" else 1,
+        checkpoint_every=5 if game != "car_racing" else 1,
+    )
+    if game == "car_racing":
+        evolve_config = replace(evolve_config, population_size=16, max_steps=500)
+    return replace(
+        config,
+        scale="small",
+        collect=replace(config.collect, episodes=episodes, max_frames=max_frames),
+        data=replace(config.data, memory_budget_mb=512),
+        vae_train=replace(config.vae_train, num_epochs=3),
+        mdn_train=replace(config.mdn_train, batch_size=32, seq_len=100, num_steps=1500),
+        controller=replace(
+            config.controller,
+            generations={"doom_take_cover": 60, "car_racing": 20, "minatar_breakout": 60}[game],
+            initial_frames=256,
+        ),
+        evolve=evolve_config,
+        evaluate=replace(config.evaluate, episodes=100 if game != "car_racing" else 20),
+    )
+
+
+def _smoke(config: ExperimentConfig) -> ExperimentConfig:
+    """A couple of minutes on a CPU: every stage runs end to end on tiny sizes."""
+    replace = dataclasses.replace
+    return replace(
+        config,
+        scale="smoke",
+        collect=replace(config.collect, episodes=4, max_frames=60, min_frames=10, workers=2),
+        data=replace(config.data, memory_budget_mb=16, encode_batch_size=64),
+        vae_train=replace(config.vae_train, batch_size=16, num_epochs=1),
+        mdn_rnn=replace(config.mdn_rnn, hidden_size=32),
+        mdn_train=replace(config.mdn_train, batch_size=4, seq_len=20, num_steps=10),
+        controller=replace(config.controller, generations=2, initial_frames=4),
+        evolve=replace(
+            config.evolve,
+            population_size=4,
+            rollouts_per_member=2,
+            max_steps=40,
+            chunk_size=20,
+            eval_every=0,
+            eval_rollouts=4,
+            generations_per_call=1,
+            checkpoint_every=1,
+        ),
+        evaluate=replace(config.evaluate, episodes=2, workers=2),
+    )
+
+
+def preset(experiment: str, scale: str = "small", seed: int = 0) -> ExperimentConfig:
+    """The configuration of `experiment` at `scale` ("smoke", "small" or "paper")."""
+    if experiment not in EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {SCALES}")
+    config = _paper(experiment, seed)
+    if scale == "small":
+        config = _small(config)
+    elif scale == "smoke":
+        config = _smoke(config)
+    return validate(config)
