@@ -156,12 +156,12 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             f"vae.latent_dim={config.vae.latent_dim} and mdn_rnn.latent_dim="
             f"{config.mdn_rnn.latent_dim} must be equal (M models V's latent)"
         )
-    if config.controller.train_in == "dream" and config.game == "car_racing":
-        if not config.mdn_rnn.predict_reward:
-            raise ConfigError(
-                "controller.train_in=dream for car_racing needs M to predict reward: "
-                "add --set mdn_rnn.predict_reward=true"
-            )
+    dream_car = config.controller.train_in == "dream" and config.game == "car_racing"
+    if dream_car and not config.mdn_rnn.predict_reward:
+        raise ConfigError(
+            "controller.train_in=dream for car_racing needs M to predict reward: "
+            "add --set mdn_rnn.predict_reward=true"
+        )
     per_call = config.evolve.generations_per_call
     if config.controller.generations % per_call:
         raise ConfigError(
@@ -174,8 +174,6 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
 def _parse(section: str, name: str, annotation: Any, text: str) -> Any:
     """Parse `text` as the field's annotated type (int, float, bool, str, tuple, optional)."""
     where = f"{section}.{name}"
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {**vars(typing), **vars(types)})  # from __future__ annotations
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null") and type(None) in args:
@@ -212,7 +210,8 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
             raise ConfigError(
                 f"--set {item!r}: unknown field {section}.{name}; fields: {sorted(fields)}"
             )
-        value = _parse(section, name, fields[name].type, text.strip())
+        annotation = typing.get_type_hints(type(sub))[name]  # resolves string annotations
+        value = _parse(section, name, annotation, text.strip())
         _check_value(section, name, value)
         try:
             sub = dataclasses.replace(sub, **{name: value})

@@ -1,0 +1,247 @@
+"""Run a World Models experiment end to end: `python -m wm_jax.experiment doom_take_cover`.
+
+Stages: collect → train_vae → encode → train_mdn_rnn → train_controller → evaluate → report.
+Each writes into the run folder and records itself in `DIR/stages/<stage>.json` when complete;
+a rerun skips complete stages and resumes interrupted ones from their checkpoints. `--stages`
+reruns the stages it names from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shutil
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from wm_jax import config as cfg
+from wm_jax.checkpoint import atomic_write_json
+from wm_jax.presets import preset
+
+# Settings that may differ when a run is resumed (they do not change what is computed).
+_RESUMABLE_CHANGES = {("collect", "workers"), ("evaluate", "workers")}
+PACKAGES = ("wm_jax", "jax", "jaxlib", "flax", "optax", "evosax", "gymnax", "orbax-checkpoint",
+            "gymnasium", "vizdoom", "numpy")
+
+
+def _settings_help() -> str:
+    lines = []
+    example = preset("doom_take_cover", "paper")
+    for section in cfg.SECTIONS:
+        sub = getattr(example, section)
+        names = ", ".join(f.name for f in dataclasses.fields(sub))
+        lines.append(f"  {section}: {names}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m wm_jax.experiment",
+        description="World Models end to end: collect, V, encode, M, C, evaluate, report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            f"""\
+            experiments: {", ".join(cfg.EXPERIMENTS)}
+            scales: smoke (minutes, CI), small (about an hour on a laptop CPU), paper
+            stages: {" → ".join(cfg.STAGES)}
+
+            settings (--set section.field=value; see wm_jax.presets for each preset):
+            """
+        )
+        + _settings_help()
+        + "\n\nexample: python -m wm_jax.experiment doom_take_cover --scale small "
+        "--set controller.temperature=1.3",
+    )
+    parser.add_argument("experiment", choices=cfg.EXPERIMENTS)
+    parser.add_argument("--scale", choices=cfg.SCALES, default="small")
+    parser.add_argument("--run-dir", type=Path, default=None, help="default runs/EXPERIMENT-SCALE")
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=cfg.STAGES,
+        default=None,
+        help="rerun these stages from scratch (default: every stage not yet complete)",
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changes = []
+    for section in set(old) | set(new):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for name in sorted(set(a) | set(b)):
+                if a.get(name) != b.get(name) and (section, name) not in _RESUMABLE_CHANGES:
+                    changes.append(f"{section}.{name}: {a.get(name)!r} -> {b.get(name)!r}")
+        elif a != b:
+            changes.append(f"{section}: {a!r} -> {b!r}")
+    return changes
+
+
+def prepare_run_dir(run_dir: Path, config: cfg.ExperimentConfig) -> None:
+    """Create the run folder and its config.json, or check a resumed run has the same config."""
+    path = run_dir / "config.json"
+    if path.is_file():
+        changes = _diff(json.loads(path.read_text()), json.loads(json.dumps(config.to_dict())))
+        if changes:
+            raise cfg.ConfigError(
+                f"{path} was written with other settings ({'; '.join(changes)}); resume with "
+                "the same settings or choose a new --run-dir"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, config.to_dict())
+
+
+def _stage_outputs(stage: str, paths) -> list[Path]:
+    from wm_jax.stages import RunPaths
+
+    assert isinstance(paths, RunPaths)
+    return {
+        "collect": [],  # rerunning collection resumes it: episodes are never thrown away
+        "train_vae": [paths.checkpoints("vae"), paths.metrics("train_vae")],
+        "encode": [paths.encoded],
+        "train_mdn_rnn": [paths.checkpoints("mdn_rnn"), paths.metrics("train_mdn_rnn")],
+        "train_controller": [
+            paths.checkpoints("controller"),
+            paths.checkpoints("controller_final"),
+            paths.metrics("train_controller"),
+        ],
+        "evaluate": [],
+        "report": [paths.report],
+    }[stage]
+
+
+def environment_info() -> dict[str, Any]:
+    import jax
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    device = jax.devices()[0]
+    return {
+        "versions": versions,
+        "device": {"platform": device.platform, "kind": device.device_kind,
+                   "count": jax.device_count()},
+        "python": sys.version.split()[0],
+        "machine": platform.platform(),
+        "cpus": __import__("os").cpu_count(),
+    }
+
+
+def run(
+    experiment: str,
+    scale: str = "small",
+    run_dir: str | Path | None = None,
+    stages: list[str] | None = None,
+    overrides: list[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) an experiment; returns the contents of `DIR/results.json`."""
+    from wm_jax import report
+    from wm_jax import stages as stage_lib
+
+    config = cfg.apply_overrides(preset(experiment, scale, seed), overrides or [])
+    run_dir = Path(run_dir or Path("runs") / f"{experiment}-{scale}")
+    prepare_run_dir(run_dir, config)
+    paths = stage_lib.RunPaths(run_dir)
+    functions = {
+        "collect": stage_lib.collect,
+        "train_vae": stage_lib.train_vae,
+        "encode": stage_lib.encode,
+        "train_mdn_rnn": stage_lib.train_mdn_rnn,
+        "train_controller": stage_lib.train_controller,
+        "evaluate": stage_lib.evaluate,
+        "report": report.make_report,
+    }
+    rerun = set(stages or [])
+    for stage in cfg.STAGES:
+        marker = run_dir / "stages" / f"{stage}.json"
+        if stage in rerun:
+            marker.unlink(missing_ok=True)
+            for output in _stage_outputs(stage, paths):
+                if output.is_dir():
+                    shutil.rmtree(output)
+                elif output.exists():
+                    output.unlink()
+        if marker.is_file():
+            print(f"[{stage}] complete, skipped ({marker})", flush=True)
+            continue
+        print(f"[{stage}] running", flush=True)
+        start = time.perf_counter()
+        summary = functions[stage](config, paths, progress=progress)
+        seconds = time.perf_counter() - start
+        record = {"stage": stage, "seconds": seconds, "summary": summary,
+                  "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+        atomic_write_json(marker, record)
+        print(f"[{stage}] done in {seconds:.1f} s", flush=True)
+        write_results(config, run_dir)
+    return write_results(config, run_dir)
+
+
+def write_results(config: cfg.ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """Gather the stage records into `DIR/results.json`."""
+    records = {}
+    for stage in cfg.STAGES:
+        marker = run_dir / "stages" / f"{stage}.json"
+        if marker.is_file():
+            records[stage] = json.loads(marker.read_text())
+    summary = {stage: record["summary"] for stage, record in records.items()}
+    results = {
+        "experiment": config.experiment,
+        "scale": config.scale,
+        "seed": config.seed,
+        **environment_info(),
+        "wall_time_s": {stage: record["seconds"] for stage, record in records.items()},
+        "vae_final_loss": summary.get("train_vae", {}).get("final_loss"),
+        "mdn_rnn_final_loss": summary.get("train_mdn_rnn", {}).get("final_loss"),
+        "controller": summary.get("train_controller"),
+        "evaluation": summary.get("evaluate"),
+        "stages": summary,
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        results = run(
+            args.experiment,
+            args.scale,
+            args.run_dir,
+            args.stages,
+            args.overrides,
+            args.seed,
+            progress=not args.no_progress,
+        )
+    except cfg.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    evaluation = results.get("evaluation") or {}
+    if evaluation:
+        print(f"real-game score over {evaluation.get('episodes')} episodes: "
+              f"{evaluation.get('mean'):.1f} ± {evaluation.get('std'):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The stages of an experiment, each resumable, each reading and writing the run folder.
+
+collect → train_vae → encode → train_mdn_rnn → train_controller → evaluate (→ report, in
+`wm_jax.report`). A stage returns a JSON summary that `wm_jax.experiment` records; its outputs
+live in the run folder (`RunPaths`), so a rerun skips or resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wm_jax import checkpoint, controller, dream, evolve, mdn_rnn, training_loop, vae
+from wm_jax.config import ExperimentConfig
+from wm_jax.data import EpisodeStore, encode_store, frame_batches, load_encoded, sequence_batches
+from wm_jax.envs.collect import collect as collect_episodes
+
+
+class RunPaths(NamedTuple):
+    root: Path
+
+    @property
+    def episodes(self) -> Path:
+        return self.root / "data" / "episodes"
+
+    @property
+    def encoded(self) -> Path:
+        return self.root / "data" / "encoded"
+
+    def checkpoints(self, stage: str) -> Path:
+        return self.root / "checkpoints" / stage
+
+    def metrics(self, stage: str) -> Path:
+        return self.root / "metrics" / f"{stage}.jsonl"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+def _workers(requested: int) -> int:
+    return requested or os.cpu_count() or 1
+
+
+def _stage_key(config: ExperimentConfig, stage: str) -> jax.Array:
+    """One independent key per stage, from the experiment seed."""
+    return jax.random.fold_in(jax.random.key(config.seed), hash(stage) % 2**31)
+
+
+# -------------------------------------------------------------------------------------------
+# collect
+
+
+def collect(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any]:
+    """Random rollouts in the real game (resumable: stored episodes are skipped)."""
+    summary = collect_episodes(
+        config.game,
+        paths.episodes,
+        num_episodes=config.collect.episodes,
+        workers=_workers(config.collect.workers),
+        seed=config.seed,
+        max_frames=config.collect.max_frames,
+        min_frames=config.collect.min_frames,
+        progress=progress,
+    )
+    store = EpisodeStore(paths.episodes)
+    if len(store) == 0:
+        raise RuntimeError(f"collection stored no episodes in {paths.episodes}: {summary}")
+    return {"episodes": len(store), "frames": store.total_frames(), "bytes": store.total_bytes()}
+
+
+# -------------------------------------------------------------------------------------------
+# V
+
+
+def vae_num_steps(config: ExperimentConfig, store: EpisodeStore) -> int:
+    steps_per_epoch = max(1, store.total_frames() // config.vae_train.batch_size)
+    return config.vae_train.num_epochs * steps_per_epoch
+
+
+def train_vae(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any]:
+    """V on shuffled frames streamed from the store (bounded memory), resumable."""
+    store = EpisodeStore(paths.episodes)
+    init_state, train_step = vae.make_train(config.vae, config.vae_train)
+    budget = config.data.memory_budget_mb * 2**20
+
+    def batches(start: int):
+        # Resuming reseeds the stream at the step reached: same distribution, no replay cost.
+        seed = np.random.SeedSequence([config.seed, 1, start])
+        return frame_batches(seed, store, config.vae_train.batch_size, budget, num_epochs=None)
+
+    num_steps = vae_num_steps(config, store)
+    state, last = training_loop.run(
+        "V",
+        _stage_key(config, "train_vae"),
+        train_step,
+        init_state,
+        batches,
+        num_steps,
+        checkpoint_dir=paths.checkpoints("vae"),
+        metrics_path=paths.metrics("train_vae"),
+        config={"vae": dataclasses.asdict(config.vae)},
+        checkpoint_every=max(1, min(500, num_steps // 4)),
+        progress=progress,
+    )
+    return {"steps": int(state.step), "final_loss": last, "frames": store.total_frames()}
+
+
+def load_vae(config: ExperimentConfig, paths: RunPaths) -> Any:
+    """V's parameters from the run's checkpoint."""
+    init_state, _ = vae.make_train(config.vae, config.vae_train)
+    target = init_state(jax.random.key(0))
+    return checkpoint.restore(paths.checkpoints("vae"), target=target).params
+
+
+def encode(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any]:
+    """Every stored episode → (μ, log σ²) sequences, resumable."""
+    summary = encode_store(
+        load_vae(config, paths),
+        EpisodeStore(paths.episodes),
+        EpisodeStore(paths.encoded),
+        batch_size=config.data.encode_batch_size,
+        progress=progress,
+    )
+    return {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
+
+
+# -------------------------------------------------------------------------------------------
+# M
+
+
+def train_mdn_rnn(
+    config: ExperimentConfig, paths: RunPaths, progress: bool = True
+) -> dict[str, Any]:
+    """M with teacher forcing over random windows of the encoded episodes, resumable."""
+    encoded = EpisodeStore(paths.encoded)
+    init_state, train_step = mdn_rnn.make_train(config.mdn_rnn, config.mdn_train)
+    train = config.mdn_train
+
+    def batches(start: int):
+        seed = np.random.SeedSequence([config.seed, 2, start])
+        return sequence_batches(seed, encoded, train.batch_size, train.seq_len)
+
+    state, last = training_loop.run(
+        "M",
+        _stage_key(config, "train_mdn_rnn"),
+        train_step,
+        init_state,
+        batches,
+        train.num_steps,
+        checkpoint_dir=paths.checkpoints("mdn_rnn"),
+        metrics_path=paths.metrics("train_mdn_rnn"),
+        config={"mdn_rnn": dataclasses.asdict(config.mdn_rnn)},
+        checkpoint_every=max(1, min(500, train.num_steps // 4)),
+        progress=progress,
+    )
+    return {"steps": int(state.step), "final_loss": last}
+
+
+def load_mdn_rnn(config: ExperimentConfig, paths: RunPaths) -> Any:
+    """M's parameters from the run's checkpoint."""
+    init_state, _ = mdn_rnn.make_train(config.mdn_rnn, config.mdn_train)
+    target = init_state(jax.random.key(0))
+    return checkpoint.restore(paths.checkpoints("mdn_rnn"), target=target).params
+
+
+# -------------------------------------------------------------------------------------------
+# C
+
+
+def controller_config(config: ExperimentConfig) -> controller.ControllerConfig:
+    """C for this experiment: the paper's [z, h] (Doom [z, c, h]) or a V-only baseline."""
+    kind = config.controller.kind
+    doom = config.game == "doom_take_cover"
+    inputs = ("z",) if kind != "linear_zh" else (("z", "c", "h") if doom else ("z", "h"))
+    return controller.ControllerConfig(
+        kind=kind,
+        inputs=inputs,
+        latent_dim=config.vae.latent_dim,
+        hidden_size=config.mdn_rnn.hidden_size,
+        action_dim=config.mdn_rnn.action_dim,
+        use_bias=not doom,  # World Models, Appendix: Doom's 1,088 weights have no bias
+    )
+
+
+def initial_codes(paths: RunPaths, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(μ, log σ²) (N, Z) of the first frames of up to `count` real episodes (dream starts)."""
+    episodes = load_encoded(EpisodeStore(paths.encoded))[:count]
+    mu = np.stack([episode.mu[0] for episode in episodes])
+    logvar = np.stack([episode.logvar[0] for episode in episodes])
+    return mu, logvar
+
+
+def make_dream(config: ExperimentConfig, paths: RunPaths, temperature: float | None = None):
+    """(env, env_params) of M's dream, starting from encoded real first frames."""
+    env, max_steps = dream.make_dream(config.game, config.mdn_rnn)
+    mu, logvar = initial_codes(paths, config.controller.initial_frames)
+    tau = config.controller.temperature if temperature is None else temperature
+    env_params = env.make_params(
+        load_mdn_rnn(config, paths),
+        mu,
+        logvar,
+        temperature=tau,
+        max_steps=min(max_steps, config.evolve.max_steps),
+    )
+    return env, env_params
+
+
+class ControllerResult(NamedTuple):
+    params: np.ndarray  # (D,) flat parameters of the chosen controller
+    summary: dict[str, Any]
+
+
+def train_controller(
+    config: ExperimentConfig, paths: RunPaths, progress: bool = True
+) -> dict[str, Any]:
+    """CMA-ES on C, in the dream or in the real game (resumes from its ES checkpoint)."""
+    c_config = controller_config(config)
+    key = _stage_key(config, "train_controller")
+    common = dict(
+        checkpoint_dir=paths.checkpoints("controller"),
+        log_path=paths.metrics("train_controller"),
+        progress=progress,
+    )
+    if config.controller.train_in == "dream":
+        env, env_params = make_dream(config, paths)
+        state = evolve.train_in_dream(
+            key, env, env_params, c_config, config.evolve, config.controller.generations, **common
+        )
+    else:
+        from wm_jax import real_rollout  # host processes: only when training in the real game
+
+        evaluate_fn = real_rollout.population_evaluator(
+            config.game,
+            c_config,
+            vae_params=load_vae(config, paths),
+            mdn_config=config.mdn_rnn,
+            mdn_params=load_mdn_rnn(config, paths) if c_config.uses_memory else None,
+            workers=_workers(config.evaluate.workers),
+            max_steps=config.evolve.max_steps,
+        )
+        try:
+            state = evolve.train_in_real(
+                key, evaluate_fn, c_config, config.evolve, config.controller.generations, **common
+            )
+        finally:
+            evaluate_fn.close()
+    chosen = final_controller(state)
+    checkpoint.save(
+        paths.checkpoints("controller_final"),
+        {"flat_params": jnp.asarray(chosen.params)},
+        step=state.generation,
+        config={"controller": controller.config_to_dict(c_config), **chosen.summary},
+    )
+    return {"generations": state.generation, "trained_in": config.controller.train_in,
+            **chosen.summary}
+
+
+def final_controller(state: evolve.EvolveState) -> ControllerResult:
+    """The ES mean that scored best at an evaluation, else the final ES mean."""
+    best_eval = float(state.best_eval_return)
+    if np.isfinite(best_eval):
+        return ControllerResult(
+            np.asarray(state.best_eval_params),
+            {"choice": "best_evaluated_mean", "best_eval_return": best_eval,
+             "best_fitness": float(-state.es_state.best_fitness)},
+        )
+    return ControllerResult(
+        np.asarray(state.mean),
+        {"choice": "final_mean", "best_fitness": float(-state.es_state.best_fitness)},
+    )
+
+
+def load_controller(paths: RunPaths) -> np.ndarray:
+    """The trained controller's flat parameters (D,)."""
+    restored = checkpoint.restore(paths.checkpoints("controller_final"))
+    return np.asarray(restored["flat_params"])

@@ -1,0 +1,134 @@
+"""The host-side loop around a jitted train step: logging, NaN checks, checkpoints, resume.
+
+brax's ppo `train.py` pattern: Python only logs, draws the progress bar and checkpoints between
+jitted steps. The loop resumes from the newest checkpoint in `checkpoint_dir`, so a Ctrl-C or a
+kill loses at most `checkpoint_every` steps; a final checkpoint is always written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from wm_jax import checkpoint
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A loss became NaN or inf; the message names the stage, step and metric."""
+
+
+def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Append rows to a JSON-lines metrics file (flushed, so a crash keeps what was logged)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike, key: str = "step") -> list[dict[str, Any]]:
+    """Rows of a metrics file; where a resumed run logged a step twice, the last one wins."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows: dict[Any, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        rows[row.get(key, len(rows))] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def _to_host(metrics: list[dict[str, jax.Array]]) -> list[dict[str, float]]:
+    host = jax.device_get(metrics)
+    return [{name: float(np.asarray(value)) for name, value in row.items()} for row in host]
+
+
+def run(
+    name: str,
+    key: jax.Array,
+    train_step: Callable[[jax.Array, Any, Any], tuple[Any, dict[str, jax.Array]]],
+    init_state: Callable[[jax.Array], Any],
+    batches: Callable[[int], Iterable[Any]],
+    num_steps: int,
+    *,
+    checkpoint_dir: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+    config: dict[str, Any],
+    checkpoint_every: int = 500,
+    log_every: int = 25,
+    progress: bool = True,
+) -> tuple[Any, dict[str, float]]:
+    """Train for `num_steps` steps, resuming from `checkpoint_dir` when it holds a checkpoint.
+
+    Args:
+      name: shown on the progress bar and in errors ("V", "M").
+      key: step t uses `fold_in(key, t)`, so a resumed run sees the same keys.
+      train_step: jitted `(key, state, batch) -> (state, metrics)`.
+      init_state: `key -> state`; also the restore target (optax states keep their types).
+      batches: `start_step -> iterable of batches` for steps start_step, start_step + 1, ...
+      num_steps: total steps of the stage.
+      checkpoint_dir, metrics_path: where the state and the per-step metrics (JSON lines) go.
+      config: JSON description saved beside the checkpoints.
+
+    Returns:
+      (final state, the last logged metrics).
+
+    Raises:
+      TrainingDivergedError: naming the step and metric that became NaN or inf.
+    """
+    key_init, key_steps = jax.random.split(key)
+    state = init_state(key_init)
+    start = checkpoint.latest_step(checkpoint_dir)
+    if start is not None:
+        state = checkpoint.restore(checkpoint_dir, target=state)
+    start = start or 0
+    pending: list[dict[str, jax.Array]] = []
+    last: dict[str, float] = {}
+
+    def flush(step: int) -> None:
+        nonlocal last
+        rows = _to_host(pending)
+        for offset, row in enumerate(rows):
+            bad = [metric for metric, value in row.items() if not np.isfinite(value)]
+            if bad:
+                at = step - len(rows) + offset + 1
+                raise TrainingDivergedError(
+                    f"{name} training diverged at step {at}: {bad[0]} = {row[bad[0]]}; "
+                    f"the last good checkpoint is in {checkpoint_dir}"
+                )
+        first = step - len(rows) + 1
+        append_jsonl(metrics_path, [{"step": first + i, **row} for i, row in enumerate(rows)])
+        last = rows[-1]
+        pending.clear()
+
+    step = start
+    with tqdm(total=num_steps, initial=start, desc=name, disable=not progress) as bar:
+        for batch in batches(start):
+            if step >= num_steps:
+                break
+            state, metrics = train_step(jax.random.fold_in(key_steps, step), state, batch)
+            pending.append(metrics)
+            step += 1
+            bar.update(1)
+            if len(pending) >= log_every or step == num_steps:
+                flush(step)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:3]})
+            if step % checkpoint_every == 0 and step < num_steps:
+                checkpoint.save(checkpoint_dir, state, step=step, config=config)
+        if pending:
+            flush(step)
+    if step != start or checkpoint.latest_step(checkpoint_dir) != step:
+        checkpoint.save(checkpoint_dir, state, step=step, config=config)
+    return state, last
