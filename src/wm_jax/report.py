@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from wm_jax import mdn_rnn, vae  # noqa: E402
-from wm_jax.config import ExperimentConfig  # noqa: E402
+from wm_jax.config import STAGES, ExperimentConfig  # noqa: E402
 from wm_jax.data import EpisodeStore  # noqa: E402
 from wm_jax.training_loop import read_jsonl  # noqa: E402
 
@@ -38,7 +38,7 @@ PAPER_DOOM = {  # τ: (score in dream, score in real game)
     1.15: ("918 ± 546", "1092 ± 556"),
     1.30: ("732 ± 269", "753 ± 139"),
 }
-GIF_FRAMES = 200
+GIF_FRAMES = 300  # real frames shown; every second one is drawn (15 fps of a 30 fps game)
 
 
 def _save(fig, path) -> None:
@@ -142,8 +142,8 @@ def episode_gif(config, paths, vae_params, mdn_params, path) -> bool:
     to_uint8 = lambda x: np.asarray(jnp.round(jnp.clip(x, 0, 1) * 255)).astype(np.uint8)  # noqa: E731
     gap = np.full((n, 64, 4, 3), 255, np.uint8)
     panels = np.concatenate([real.frames[:n], gap, to_uint8(recon), gap, to_uint8(dreamt)], axis=2)
-    panels = panels.repeat(2, axis=1).repeat(2, axis=2)  # 128 px tall: easier to see
-    imageio.mimsave(path, list(panels), duration=1 / 30, loop=0)
+    panels = panels[::2].repeat(2, axis=1).repeat(2, axis=2)  # 128 px tall: easier to see
+    imageio.mimsave(path, list(panels), duration=1 / 15, loop=0)
     return True
 
 
@@ -162,13 +162,13 @@ def evaluation_histogram(returns: list[float], random_returns, path) -> bool:
     return True
 
 
-def results_table(config: ExperimentConfig, evaluation: dict, controller: dict) -> str:
+def results_table(config: ExperimentConfig, evaluation: dict) -> str:
     """The paper's table form, ours beside the paper's number."""
     ours = f"{evaluation['mean']:.0f} ± {evaluation['std']:.0f}" if evaluation else "not run"
     if config.game == "doom_take_cover":
         tau = round(float(config.controller.temperature), 2)
-        dream_score = controller.get("best_eval_return", controller.get("best_fitness"))
-        dream_text = f"{dream_score:.0f}" if dream_score is not None else "—"
+        in_dream = evaluation.get("dream") if evaluation else None
+        dream_text = f"{in_dream['mean']:.0f} ± {in_dream['std']:.0f}" if in_dream else "—"
         paper = PAPER_DOOM.get(tau, ("—", "—"))
         return (
             "| τ | score in dream (ours) | real game (ours) | dream (paper) | real game (paper) |\n"
@@ -227,7 +227,7 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
         "",
         "## Results",
         "",
-        results_table(config, evaluation, controller),
+        results_table(config, evaluation),
     ]
     if evaluation:
         lines += [
@@ -248,7 +248,7 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
         if name in figures:
             lines += [f"## {title}", "", f"![{title}]({figures[name]})", ""]
     lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in wall.items()]
+    lines += [f"| {stage} | {wall[stage]:.1f} |" for stage in STAGES if stage in wall]
     device = results.get("device", {})
     lines += ["", f"Device: {device.get('platform')} ({device.get('kind')}); "
               f"jax {results.get('versions', {}).get('jax')}.", ""]

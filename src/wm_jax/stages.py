@@ -72,7 +72,7 @@ def collect(config: ExperimentConfig, paths: RunPaths, progress: bool = True) ->
     store = EpisodeStore(paths.episodes)
     if len(store) == 0:
         raise RuntimeError(f"collection stored no episodes in {paths.episodes}: {summary}")
-    return {"episodes": len(store), "frames": store.total_frames(), "bytes": store.total_bytes()}
+    return {"episodes": len(store), "frames": store.total_frames, "bytes": store.total_bytes}
 
 
 # -------------------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def collect(config: ExperimentConfig, paths: RunPaths, progress: bool = True) ->
 
 
 def vae_num_steps(config: ExperimentConfig, store: EpisodeStore) -> int:
-    steps_per_epoch = max(1, store.total_frames() // config.vae_train.batch_size)
+    steps_per_epoch = max(1, store.total_frames // config.vae_train.batch_size)
     return config.vae_train.num_epochs * steps_per_epoch
 
 
@@ -92,7 +92,7 @@ def train_vae(config: ExperimentConfig, paths: RunPaths, progress: bool = True) 
 
     def batches(start: int):
         # Resuming reseeds the stream at the step reached: same distribution, no replay cost.
-        seed = np.random.SeedSequence([config.seed, 1, start])
+        seed = jax.random.fold_in(_stage_key(config, "vae_data"), start)
         return frame_batches(seed, store, config.vae_train.batch_size, budget, num_epochs=None)
 
     num_steps = vae_num_steps(config, store)
@@ -109,7 +109,7 @@ def train_vae(config: ExperimentConfig, paths: RunPaths, progress: bool = True) 
         checkpoint_every=max(1, min(500, num_steps // 4)),
         progress=progress,
     )
-    return {"steps": int(state.step), "final_loss": last, "frames": store.total_frames()}
+    return {"steps": int(state.step), "final_loss": last, "frames": store.total_frames}
 
 
 def load_vae(config: ExperimentConfig, paths: RunPaths) -> Any:
@@ -144,7 +144,7 @@ def train_mdn_rnn(
     train = config.mdn_train
 
     def batches(start: int):
-        seed = np.random.SeedSequence([config.seed, 2, start])
+        seed = jax.random.fold_in(_stage_key(config, "mdn_data"), start)
         return sequence_batches(seed, encoded, train.batch_size, train.seq_len)
 
     state, last = training_loop.run(
@@ -236,21 +236,20 @@ def train_controller(
     else:
         from wm_jax import real_rollout  # host processes: only when training in the real game
 
-        evaluate_fn = real_rollout.population_evaluator(
-            config.game,
-            c_config,
-            vae_params=load_vae(config, paths),
-            mdn_config=config.mdn_rnn,
-            mdn_params=load_mdn_rnn(config, paths) if c_config.uses_memory else None,
-            workers=_workers(config.evaluate.workers),
-            max_steps=config.evolve.max_steps,
-        )
+        pool = real_rollout.EnvPool.for_game(config.game, _workers(config.evaluate.workers))
         try:
+            evaluate_fn = real_rollout.population_evaluator(
+                pool,
+                real_models(config, paths, c_config),
+                c_config,
+                max_steps=config.evolve.max_steps,
+                progress=False,
+            )
             state = evolve.train_in_real(
                 key, evaluate_fn, c_config, config.evolve, config.controller.generations, **common
             )
         finally:
-            evaluate_fn.close()
+            pool.close()
     chosen = final_controller(state)
     checkpoint.save(
         paths.checkpoints("controller_final"),
@@ -258,8 +257,11 @@ def train_controller(
         step=state.generation,
         config={"controller": controller.config_to_dict(c_config), **chosen.summary},
     )
-    return {"generations": state.generation, "trained_in": config.controller.train_in,
-            **chosen.summary}
+    return {
+        "generations": state.generation,
+        "trained_in": config.controller.train_in,
+        **chosen.summary,
+    }
 
 
 def final_controller(state: evolve.EvolveState) -> ControllerResult:
@@ -268,8 +270,11 @@ def final_controller(state: evolve.EvolveState) -> ControllerResult:
     if np.isfinite(best_eval):
         return ControllerResult(
             np.asarray(state.best_eval_params),
-            {"choice": "best_evaluated_mean", "best_eval_return": best_eval,
-             "best_fitness": float(-state.es_state.best_fitness)},
+            {
+                "choice": "best_evaluated_mean",
+                "best_eval_return": best_eval,
+                "best_fitness": float(-state.es_state.best_fitness),
+            },
         )
     return ControllerResult(
         np.asarray(state.mean),
@@ -277,7 +282,68 @@ def final_controller(state: evolve.EvolveState) -> ControllerResult:
     )
 
 
+def real_models(config: ExperimentConfig, paths: RunPaths, c_config):
+    """V (and M, when C reads its state) for playing the real game."""
+    from wm_jax import real_rollout
+
+    if not c_config.uses_memory:
+        return real_rollout.RealModels(load_vae(config, paths))
+    return real_rollout.RealModels(
+        load_vae(config, paths), config.mdn_rnn, load_mdn_rnn(config, paths)
+    )
+
+
 def load_controller(paths: RunPaths) -> np.ndarray:
     """The trained controller's flat parameters (D,)."""
     restored = checkpoint.restore(paths.checkpoints("controller_final"))
     return np.asarray(restored["flat_params"])
+
+
+# -------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any]:
+    """The trained C in the real game on unseen seeds (and in the dream, for the Doom table)."""
+    from wm_jax import evaluate as evaluation
+
+    c_config = controller_config(config)
+    flat = load_controller(paths)
+    key = _stage_key(config, "evaluate")
+    result = evaluation.evaluate_controller(
+        key,
+        config.game,
+        real_models(config, paths, c_config),
+        c_config,
+        flat,
+        config.evaluate.episodes,
+        num_workers=_workers(config.evaluate.workers),
+        progress=progress,
+    )
+    summary = {
+        "episodes": int(np.isfinite(result.returns).sum()),
+        "lost_episodes": int(np.isnan(result.returns).sum()),
+        "mean": result.mean,
+        "std": result.std,
+        "returns": [float(r) for r in result.returns],
+        "lengths": [int(n) for n in result.lengths],
+        "seeds": [int(s) for s in result.seeds],
+    }
+    if config.mdn_rnn.predict_done or config.mdn_rnn.predict_reward:
+        # World Models, Table 2: the score in the dream beside the score in the real game.
+        env, env_params = make_dream(config, paths)
+        in_dream = evaluation.evaluate_in_dream(
+            jax.random.fold_in(key, 1),
+            env,
+            env_params,
+            c_config,
+            jnp.asarray(flat),
+            config.evaluate.episodes,
+            max_steps=int(env_params.max_steps_in_episode),
+        )
+        summary["dream"] = {
+            "mean": in_dream.mean,
+            "std": in_dream.std,
+            "temperature": config.controller.temperature,
+        }
+    return summary

@@ -1,0 +1,87 @@
+"""Experiment configuration: presets, overrides and their errors."""
+
+import dataclasses
+import json
+
+import pytest
+
+from wm_jax import config as cfg
+from wm_jax.presets import preset
+
+
+@pytest.mark.parametrize("experiment", cfg.EXPERIMENTS)
+@pytest.mark.parametrize("scale", cfg.SCALES)
+def test_presets_round_trip_through_json(experiment, scale):
+    config = preset(experiment, scale, seed=3)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert cfg.from_dict(data) == config
+
+
+def test_paper_scale_holds_the_papers_numbers():
+    doom = preset("doom_take_cover", "paper")
+    assert doom.collect.episodes == 10_000 and doom.collect.min_frames == 100
+    assert doom.vae.latent_dim == 64 and doom.mdn_rnn.hidden_size == 512
+    assert doom.mdn_rnn.predict_done and doom.mdn_rnn.use_restart
+    assert doom.controller.train_in == "dream" and doom.controller.temperature == 1.15
+    assert doom.evolve.population_size == 64 and doom.evolve.rollouts_per_member == 16
+    assert doom.evolve.sigma_init == 0.1 and doom.evaluate.episodes == 100
+    car = preset("car_racing", "paper")
+    assert car.vae.latent_dim == 32 and car.mdn_rnn.hidden_size == 256
+    assert car.mdn_train.seq_len == 999 and car.mdn_train.batch_size == 100
+    assert car.controller.train_in == "real"
+
+
+def test_overrides_parse_types():
+    config = cfg.apply_overrides(
+        preset("doom_take_cover", "smoke"),
+        [
+            "controller.temperature=1.3",
+            "collect.max_frames=none",
+            "evolve.shard_population=true",
+            "mdn_train.num_steps=1_000",
+        ],
+    )
+    assert config.controller.temperature == 1.3
+    assert config.collect.max_frames is None
+    assert config.evolve.shard_population is True
+    assert config.mdn_train.num_steps == 1000
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("controller.train_in=moon", r"controller.train_in='moon'.*\('real', 'dream'\)"),
+        ("vae.latnt_dim=3", r"unknown field vae.latnt_dim.*latent_dim"),
+        ("foo.x=1", r"unknown section 'foo'.*controller"),
+        ("vae_train.num_epochs=-1", r"vae_train.num_epochs=-1: must be >= 1"),
+        ("evolve.population_size=abc", r"evolve.population_size='abc': expected int"),
+        ("controller.temperature=0", r"controller.temperature=0.0: must be in"),
+        ("evolve.shard_population=maybe", r"evolve.shard_population='maybe': expected bool"),
+        ("temperature=1", r"expected section.field=value"),
+        ("vae.latent_dim=16", r"vae.latent_dim=16 and mdn_rnn.latent_dim=64 must be equal"),
+    ],
+)
+def test_bad_overrides_name_the_field(override, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.apply_overrides(preset("doom_take_cover", "smoke"), [override])
+
+
+def test_car_racing_in_the_dream_needs_a_reward_head():
+    car = preset("car_racing", "smoke")
+    with pytest.raises(cfg.ConfigError, match="mdn_rnn.predict_reward=true"):
+        cfg.apply_overrides(car, ["controller.train_in=dream"])
+    config = cfg.apply_overrides(car, ["controller.train_in=dream", "mdn_rnn.predict_reward=1"])
+    assert config.mdn_rnn.predict_reward
+
+
+def test_unknown_experiment_and_scale():
+    with pytest.raises(cfg.ConfigError, match="unknown experiment"):
+        preset("pong")
+    with pytest.raises(cfg.ConfigError, match="unknown scale"):
+        preset("doom_take_cover", "huge")
+
+
+def test_configs_are_frozen():
+    config = preset("doom_take_cover", "smoke")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 4
