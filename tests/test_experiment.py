@@ -1,0 +1,119 @@
+"""End-to-end `smoke` runs of the experiment runner in the real games, resume, and bad input."""
+
+import json
+import shutil
+
+import pytest
+
+from wm_jax import checkpoint, config, experiment
+
+RESULT_KEYS = {
+    "experiment",
+    "scale",
+    "seed",
+    "versions",
+    "device",
+    "wall_time_s",
+    "vae_final_loss",
+    "mdn_rnn_final_loss",
+    "controller",
+    "evaluation",
+}
+REPORT_FILES = {
+    "report.md",
+    "reconstructions.png",
+    "losses.png",
+    "fitness.png",
+    "real_vae_dream.gif",
+    "evaluation.png",
+}
+
+
+def _check_run_folder(run_dir, experiment_name, episodes):
+    results = json.loads((run_dir / "results.json").read_text())
+    assert RESULT_KEYS <= set(results)
+    assert results["experiment"] == experiment_name and results["scale"] == "smoke"
+    assert set(results["wall_time_s"]) == set(config.STAGES)
+    evaluation = results["evaluation"]
+    assert evaluation["episodes"] == episodes == len(evaluation["returns"])
+    assert evaluation["seeds"][0] >= 10_000_000  # never a training seed
+    assert results["controller"]["generations"] == 2
+    assert {"loss", "recon", "kl"} <= set(results["vae_final_loss"])
+    assert json.loads((run_dir / "config.json").read_text())["experiment"] == experiment_name
+    assert REPORT_FILES <= {p.name for p in (run_dir / "report").iterdir()}
+    report = (run_dir / "report" / "report.md").read_text()
+    for name in REPORT_FILES - {"report.md"}:
+        assert f"({name})" in report
+    for stage in ("train_vae", "train_mdn_rnn", "train_controller"):
+        assert (run_dir / "metrics" / f"{stage}.jsonl").stat().st_size > 0
+    return results
+
+
+@pytest.fixture(scope="module")
+def doom_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("doom") / "run"
+    experiment.run("doom_take_cover", "smoke", run_dir, progress=False)
+    return run_dir
+
+
+def test_doom_smoke_end_to_end(doom_run):
+    results = _check_run_folder(doom_run, "doom_take_cover", episodes=2)
+    assert results["controller"]["trained_in"] == "dream"
+    assert "| 1.15 |" in (doom_run / "report" / "report.md").read_text()  # the paper's table
+    assert results["evaluation"]["dream"]["temperature"] == 1.15
+
+
+def test_resume_continues_an_interrupted_controller_stage(doom_run, capsys):
+    # A kill during train_controller: its ES checkpoint of generation 1 survives, the stage
+    # never recorded itself complete and the final controller was not written yet.
+    (doom_run / "stages" / "train_controller.json").unlink()
+    shutil.rmtree(doom_run / "checkpoints" / "controller_final")
+    es_dir = doom_run / "checkpoints" / "controller"
+    for step in checkpoint.all_steps(es_dir)[1:]:
+        shutil.rmtree(es_dir / f"step_{step:09d}")
+    assert checkpoint.latest_step(es_dir) == 1
+    experiment.run("doom_take_cover", "smoke", doom_run, progress=False)
+    out = capsys.readouterr().out
+    for stage in ("collect", "train_vae", "encode", "train_mdn_rnn", "evaluate", "report"):
+        assert f"[{stage}] complete, skipped" in out
+    assert "[train_controller] running" in out
+    rows = [json.loads(line) for line in (doom_run / "metrics" / "train_controller.jsonl").open()]
+    assert rows[-1]["generation"] == 2
+    assert checkpoint.latest_step(doom_run / "checkpoints" / "controller_final") == 2
+
+
+def test_resume_with_other_settings_is_refused(doom_run):
+    with pytest.raises(config.ConfigError, match="controller.temperature: 1.15 -> 1.3"):
+        experiment.run(
+            "doom_take_cover",
+            "smoke",
+            doom_run,
+            overrides=["controller.temperature=1.3"],
+            progress=False,
+        )
+
+
+def test_bad_set_is_refused_before_any_work(tmp_path, capsys):
+    code = experiment.main(
+        ["doom_take_cover", "--scale", "smoke", "--run-dir", str(tmp_path / "r"),
+         "--set", "controller.train_in=moon"]
+    )
+    assert code == 2
+    assert "controller.train_in='moon'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_lists_experiments_scales_stages_and_settings(capsys):
+    with pytest.raises(SystemExit):
+        experiment.main(["--help"])
+    text = capsys.readouterr().out
+    for word in (*config.EXPERIMENTS, *config.SCALES, *config.STAGES, "mdn_train:", "seq_len"):
+        assert word in text
+
+
+def test_car_racing_smoke_end_to_end(tmp_path):
+    run_dir = tmp_path / "car"
+    experiment.run("car_racing", "smoke", run_dir, progress=False)
+    results = _check_run_folder(run_dir, "car_racing", episodes=2)
+    assert results["controller"]["trained_in"] == "real"
+    assert "906 ± 21" in (run_dir / "report" / "report.md").read_text()
