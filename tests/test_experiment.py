@@ -95,8 +95,15 @@ def test_resume_with_other_settings_is_refused(doom_run):
 
 def test_bad_set_is_refused_before_any_work(tmp_path, capsys):
     code = experiment.main(
-        ["doom_take_cover", "--scale", "smoke", "--run-dir", str(tmp_path / "r"),
-         "--set", "controller.train_in=moon"]
+        [
+            "doom_take_cover",
+            "--scale",
+            "smoke",
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--set",
+            "controller.train_in=moon",
+        ]
     )
     assert code == 2
     assert "controller.train_in='moon'" in capsys.readouterr().err
@@ -117,3 +124,17 @@ def test_car_racing_smoke_end_to_end(tmp_path):
     results = _check_run_folder(run_dir, "car_racing", episodes=2)
     assert results["controller"]["trained_in"] == "real"
     assert "906 ± 21" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_temperature_sweep_reuses_one_m(doom_run):
+    from wm_jax import sweep
+
+    rows = sweep.sweep(doom_run, temperatures=(0.5,), progress=False)
+    assert rows[0]["temperature"] == 0.5 and rows[0]["real"]["episodes"] == 2
+    tau_run = doom_run / "sweep" / "tau_0.50"
+    assert (tau_run / "checkpoints" / "mdn_rnn").resolve() == (
+        doom_run / "checkpoints" / "mdn_rnn"
+    ).resolve()
+    assert json.loads((tau_run / "config.json").read_text())["controller"]["temperature"] == 0.5
+    table = (doom_run / "sweep" / "temperature_table.md").read_text()
+    assert "| 0.50 |" in table and "2060 ± 277" in table

@@ -27,8 +27,19 @@ from wm_jax.presets import preset
 
 # Settings that may differ when a run is resumed (they do not change what is computed).
 _RESUMABLE_CHANGES = {("collect", "workers"), ("evaluate", "workers")}
-PACKAGES = ("wm_jax", "jax", "jaxlib", "flax", "optax", "evosax", "gymnax", "orbax-checkpoint",
-            "gymnasium", "vizdoom", "numpy")
+PACKAGES = (
+    "wm_jax",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "evosax",
+    "gymnax",
+    "orbax-checkpoint",
+    "gymnasium",
+    "vizdoom",
+    "numpy",
+)
 
 
 def _settings_help() -> str:
@@ -69,8 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="rerun these stages from scratch (default: every stage not yet complete)",
     )
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.FIELD=VALUE")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -134,8 +146,11 @@ def environment_info() -> dict[str, Any]:
     device = jax.devices()[0]
     return {
         "versions": versions,
-        "device": {"platform": device.platform, "kind": device.device_kind,
-                   "count": jax.device_count()},
+        "device": {
+            "platform": device.platform,
+            "kind": device.device_kind,
+            "count": jax.device_count(),
+        },
         "python": sys.version.split()[0],
         "machine": platform.platform(),
         "cpus": __import__("os").cpu_count(),
@@ -152,12 +167,22 @@ def run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) an experiment; returns the contents of `DIR/results.json`."""
-    from wm_jax import report
-    from wm_jax import stages as stage_lib
-
     config = cfg.apply_overrides(preset(experiment, scale, seed), overrides or [])
     run_dir = Path(run_dir or Path("runs") / f"{experiment}-{scale}")
     prepare_run_dir(run_dir, config)
+    return run_config(config, run_dir, stages, progress)
+
+
+def run_config(
+    config: cfg.ExperimentConfig,
+    run_dir: Path,
+    stages: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the stages of `config` in a prepared run folder (see `prepare_run_dir`)."""
+    from wm_jax import report
+    from wm_jax import stages as stage_lib
+
     paths = stage_lib.RunPaths(run_dir)
     functions = {
         "collect": stage_lib.collect,
@@ -185,8 +210,12 @@ def run(
         start = time.perf_counter()
         summary = functions[stage](config, paths, progress=progress)
         seconds = time.perf_counter() - start
-        record = {"stage": stage, "seconds": seconds, "summary": summary,
-                  "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+        record = {
+            "stage": stage,
+            "seconds": seconds,
+            "summary": summary,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         atomic_write_json(marker, record)
         print(f"[{stage}] done in {seconds:.1f} s", flush=True)
         write_results(config, run_dir)
@@ -233,13 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: finished work is saved; rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: finished work is saved; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     evaluation = results.get("evaluation") or {}
     if evaluation:
-        print(f"real-game score over {evaluation.get('episodes')} episodes: "
-              f"{evaluation.get('mean'):.1f} ± {evaluation.get('std'):.1f}")
+        print(
+            f"real-game score over {evaluation.get('episodes')} episodes: "
+            f"{evaluation.get('mean'):.1f} ± {evaluation.get('std'):.1f}"
+        )
     return 0
 
 

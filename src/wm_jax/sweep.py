@@ -1,0 +1,143 @@
+"""The paper's temperature table from one trained M: `python -m wm_jax.sweep RUN_DIR`.
+
+For each τ, C is trained in the dream of the run's M at that temperature and evaluated in the
+dream and in the real game (World Models, Table 2: τ ∈ {0.10, 0.50, 1.00, 1.15, 1.30}). Each τ
+gets its own run folder `RUN_DIR/sweep/tau_X/` that shares the parent's data, V and M (links,
+not copies) and runs only train_controller → evaluate → report there, so it resumes like any
+run. The table goes to `RUN_DIR/sweep/temperature_table.md` and `.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from wm_jax import config as cfg
+from wm_jax import experiment
+from wm_jax.checkpoint import atomic_write_json, atomic_write_text
+from wm_jax.report import PAPER_DOOM
+
+TEMPERATURES = (0.10, 0.50, 1.00, 1.15, 1.30)  # World Models, Table 2
+SHARED_STAGES = ("collect", "train_vae", "encode", "train_mdn_rnn")
+SHARED_PATHS = (
+    "data",
+    "checkpoints/vae",
+    "checkpoints/mdn_rnn",
+    "metrics/train_vae.jsonl",
+    "metrics/train_mdn_rnn.jsonl",
+)
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists() and not link.is_symlink():
+        os.symlink(os.path.relpath(target, link.parent), link)
+
+
+def prepare_tau_run(run_dir: Path, config: cfg.ExperimentConfig, tau: float) -> Path:
+    """A run folder for τ whose upstream stages are the parent's (linked, marked complete)."""
+    for stage in SHARED_STAGES:
+        if not (run_dir / "stages" / f"{stage}.json").is_file():
+            raise FileNotFoundError(
+                f"{run_dir} has not finished stage {stage}: run the experiment first "
+                f"(python -m wm_jax.experiment {config.experiment} --run-dir {run_dir})"
+            )
+    sub = run_dir / "sweep" / f"tau_{tau:.2f}"
+    for name in SHARED_PATHS:
+        if (run_dir / name).exists():
+            _link(run_dir / name, sub / name)
+    for stage in SHARED_STAGES:
+        marker = sub / "stages" / f"{stage}.json"
+        if not marker.is_file():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / "stages" / f"{stage}.json", marker)
+    return sub
+
+
+def sweep(
+    run_dir: str | Path,
+    temperatures: tuple[float, ...] = TEMPERATURES,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train and evaluate C at every τ with the run's M; returns the table rows."""
+    run_dir = Path(run_dir)
+    config = cfg.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if config.controller.train_in != "dream":
+        raise cfg.ConfigError(
+            f"{run_dir} trains C in the real game; a temperature sweep needs "
+            "controller.train_in=dream (τ only changes the dream)"
+        )
+    rows = []
+    for tau in temperatures:
+        tau_config = cfg.apply_overrides(
+            dataclasses.replace(
+                config, controller=dataclasses.replace(config.controller, temperature=tau)
+            ),
+            overrides or [],
+        )
+        sub = prepare_tau_run(run_dir, tau_config, tau)
+        experiment.prepare_run_dir(sub, tau_config)
+        print(f"[sweep] τ = {tau:.2f} in {sub}", flush=True)
+        experiment.run_config(tau_config, sub, progress=progress)
+        evaluation = json.loads((sub / "results.json").read_text())["evaluation"]
+        rows.append(
+            {
+                "temperature": tau,
+                "dream": evaluation.get("dream"),
+                "real": {k: evaluation[k] for k in ("mean", "std", "episodes")},
+            }
+        )
+        write_table(run_dir / "sweep", rows)
+    return rows
+
+
+def write_table(out_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """The paper's Table 2 with our numbers beside it (markdown and JSON)."""
+    lines = [
+        "| τ | score in dream (ours) | real game (ours) | dream (paper) | real game (paper) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        tau, dream, real = row["temperature"], row["dream"], row["real"]
+        paper = PAPER_DOOM.get(round(tau, 2), ("—", "—"))
+        dream_text = f"{dream['mean']:.0f} ± {dream['std']:.0f}" if dream else "—"
+        real_text = f"{real['mean']:.0f} ± {real['std']:.0f} (n={real['episodes']})"
+        lines.append(f"| {tau:.2f} | {dream_text} | {real_text} | {paper[0]} | {paper[1]} |")
+    table = "\n".join(lines) + "\n"
+    atomic_write_text(out_dir / "temperature_table.md", table)
+    atomic_write_json(out_dir / "temperature_table.json", rows)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m wm_jax.sweep",
+        description="Fill the paper's temperature table (Doom) from one trained M.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a finished doom_take_cover run folder")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        rows = sweep(
+            args.run_dir, tuple(args.temperatures), args.overrides, progress=not args.no_progress
+        )
+    except (cfg.ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(write_table(args.run_dir / "sweep", rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
