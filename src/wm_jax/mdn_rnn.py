@@ -1,0 +1,414 @@
+"""M: the MDN-RNN that predicts the next latent z(t+1) from [z(t), a(t)] (World Models §2.2).
+
+An LSTM followed by one dense layer that emits, for every latent dimension, a mixture of
+`num_mixtures` 1-D Gaussians (log π, μ, log σ; no correlations), plus optional done and reward
+heads. Everything here is pure JAX; `config` objects are static, weights and the sampling
+temperature are traced.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Params = Any
+
+# σ is bounded smoothly to [e^-7, e^2] ≈ [9e-4, 7.4]: latents are ~N(0, 1) and are resampled from
+# the VAE posterior every batch, so a narrower σ is never needed, and the bound keeps 1/σ and
+# exp(log σ) from overflowing (a known failure of MDN losses: they "go negative or explode").
+LOG_SIGMA_MIN = -7.0
+LOG_SIGMA_MAX = 2.0
+# τ → 0 means "most likely component, no noise"; the floor keeps log π / τ finite.
+MIN_TEMPERATURE = 1e-6
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class MDNRNNConfig:
+    """Sizes of M (World Models, Appendix)."""
+
+    latent_dim: int = 32
+    action_dim: int = 3  # Doom: 1 (the controller's scalar output)
+    hidden_size: int = 256  # Doom: 512
+    num_mixtures: int = 5
+    use_restart: bool = False  # Doom: True, input [z, a, restart] (66)
+    predict_done: bool = False  # Doom: True, one extra logit
+    predict_reward: bool = False  # needed to train CarRacing in the dream
+    done_pos_weight: float = 10.0  # World Models code (doomrnn.py): BCE positives weighted ×10
+
+
+CAR_RACING = MDNRNNConfig()
+DOOM = MDNRNNConfig(64, 1, 512, use_restart=True, predict_done=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class MDNTrainConfig:
+    """Optimisation of M (World Models code: Adam 1e-3, global-norm clip 1.0, batch 100)."""
+
+    batch_size: int = 100
+    seq_len: int = 999  # Doom: 500
+    learning_rate: float = 1e-3
+    grad_clip: float = 1.0
+    num_steps: int = 4000
+
+
+DOOM_TRAIN = MDNTrainConfig(seq_len=500)
+
+
+class LSTMState(NamedTuple):
+    c: jax.Array  # (..., H)
+    h: jax.Array  # (..., H)
+
+
+class MDNOutput(NamedTuple):
+    log_pi: jax.Array  # (..., Z, K) normalised mixture log-weights
+    mu: jax.Array  # (..., Z, K)
+    log_sigma: jax.Array  # (..., Z, K)
+    done_logit: jax.Array  # (...,) zeros when config.predict_done is False
+    reward: jax.Array  # (...,) zeros when config.predict_reward is False
+
+
+class SequenceBatch(NamedTuple):
+    mu: jax.Array  # (B, T+1, Z) VAE posterior means
+    logvar: jax.Array  # (B, T+1, Z) VAE posterior log-variances
+    actions: jax.Array  # (B, T, A)
+    restarts: jax.Array  # (B, T) bool, set where step t is an episode's first
+    dones: jax.Array  # (B, T) bool, the episode ended after action t
+    rewards: jax.Array  # (B, T) reward for action t
+    mask: jax.Array  # (B, T) bool, z(t+1) is a valid target
+
+
+class MDNTrainState(flax.struct.PyTreeNode):
+    params: Params
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+def _input_size(config: MDNRNNConfig) -> int:
+    return config.latent_dim + config.action_dim + int(config.use_restart)
+
+
+def _output_size(config: MDNRNNConfig) -> int:
+    mixture = config.latent_dim * config.num_mixtures * 3
+    return mixture + int(config.predict_done) + int(config.predict_reward)
+
+
+def init_params(key: jax.Array, config: MDNRNNConfig) -> Params:
+    """LSTM with one fused kernel over [x, h] (gates i, f, g, o) and a dense output head."""
+    key_input, key_recurrent, key_head = jax.random.split(key, 3)
+    hidden = config.hidden_size
+    input_kernel = jax.nn.initializers.lecun_normal()(key_input, (_input_size(config), 4 * hidden))
+    orthogonal = jax.nn.initializers.orthogonal()
+    recurrent_kernel = jnp.concatenate(
+        [orthogonal(k, (hidden, hidden)) for k in jax.random.split(key_recurrent, 4)], axis=1
+    )
+    # Forget-gate bias 1: the cell remembers by default early in training (Jozefowicz et al., 2015).
+    bias = jnp.zeros((4 * hidden,)).at[hidden : 2 * hidden].set(1.0)
+    head_kernel = jax.nn.initializers.lecun_normal()(key_head, (hidden, _output_size(config)))
+    return {
+        "lstm": {"kernel": jnp.concatenate([input_kernel, recurrent_kernel]), "bias": bias},
+        "head": {"kernel": head_kernel, "bias": jnp.zeros((_output_size(config),))},
+    }
+
+
+def initial_state(config: MDNRNNConfig, batch_shape: tuple[int, ...] = ()) -> LSTMState:
+    zeros = jnp.zeros((*batch_shape, config.hidden_size), jnp.float32)
+    return LSTMState(c=zeros, h=zeros)
+
+
+def _check_last_dim(name: str, array: jax.Array, size: int) -> None:
+    if jnp.ndim(array) < 1 or jnp.shape(array)[-1] != size:
+        raise ValueError(f"{name}: expected shape (..., {size}), got {jnp.shape(array)}")
+
+
+def _inputs(config: MDNRNNConfig, z, action, restart) -> jax.Array:
+    """[z, a] (+ restart flag as a float when config.use_restart), float32 (..., input)."""
+    _check_last_dim("z", z, config.latent_dim)
+    _check_last_dim("action", action, config.action_dim)
+    batch_shape = jnp.shape(z)[:-1]
+    if jnp.shape(action)[:-1] != batch_shape:
+        raise ValueError(
+            f"action: expected shape {(*batch_shape, config.action_dim)}, "
+            f"got {jnp.shape(action)} (z has shape {jnp.shape(z)})"
+        )
+    if restart is not None and jnp.shape(restart) != batch_shape:
+        raise ValueError(f"restart: expected shape {batch_shape}, got {jnp.shape(restart)}")
+    parts = [jnp.asarray(z, jnp.float32), jnp.asarray(action, jnp.float32)]
+    if config.use_restart:
+        flag = jnp.zeros(batch_shape) if restart is None else jnp.asarray(restart, jnp.float32)
+        parts.append(flag[..., None])
+    return jnp.concatenate(parts, axis=-1)
+
+
+def _reset(state: LSTMState, restart) -> LSTMState:
+    if restart is None:
+        return state
+    keep = ~jnp.asarray(restart, bool)[..., None]
+    return LSTMState(c=jnp.where(keep, state.c, 0.0), h=jnp.where(keep, state.h, 0.0))
+
+
+def _lstm_update(state: LSTMState, gates: jax.Array) -> LSTMState:
+    in_gate, forget_gate, candidate, out_gate = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(forget_gate) * state.c + jax.nn.sigmoid(in_gate) * jnp.tanh(candidate)
+    return LSTMState(c=c, h=jax.nn.sigmoid(out_gate) * jnp.tanh(c))
+
+
+def _bound_log_sigma(raw: jax.Array) -> jax.Array:
+    """Smooth clamp to [LOG_SIGMA_MIN, LOG_SIGMA_MAX]: ≈ identity inside, never a zero gradient."""
+    lower = LOG_SIGMA_MIN + jax.nn.softplus(raw - LOG_SIGMA_MIN)
+    return LOG_SIGMA_MAX - jax.nn.softplus(LOG_SIGMA_MAX - lower)
+
+
+def _head(config: MDNRNNConfig, params: Params, h: jax.Array) -> MDNOutput:
+    out = h @ params["head"]["kernel"] + params["head"]["bias"]
+    batch_shape = out.shape[:-1]
+    size = config.latent_dim * config.num_mixtures * 3
+    # World Models code layout: per latent dimension [logits (K), μ (K), log σ (K)].
+    mixture = out[..., :size].reshape(*batch_shape, config.latent_dim, 3 * config.num_mixtures)
+    logits, mu, raw_log_sigma = jnp.split(mixture, 3, axis=-1)
+    extra = out[..., size:]
+    zeros = jnp.zeros(batch_shape, out.dtype)
+    done_logit = extra[..., 0] if config.predict_done else zeros
+    reward = extra[..., int(config.predict_done)] if config.predict_reward else zeros
+    return MDNOutput(
+        log_pi=jax.nn.log_softmax(logits, axis=-1),
+        mu=mu,
+        log_sigma=_bound_log_sigma(raw_log_sigma),
+        done_logit=done_logit,
+        reward=reward,
+    )
+
+
+def forward_step(
+    config: MDNRNNConfig,
+    params: Params,
+    state: LSTMState,
+    z: jax.Array,
+    action: jax.Array,
+    restart: jax.Array | None = None,
+) -> tuple[LSTMState, MDNOutput]:
+    """One LSTM step; the state is zeroed where `restart` is set, *before* the step.
+
+    Args:
+        z: (..., Z); action: (..., A); restart: (...,) bool or None.
+    Returns:
+        The new state (..., H) and the mixture predicting z(t+1).
+    """
+    x = _inputs(config, z, action, restart)
+    state = _reset(state, restart)
+    gates = jnp.concatenate([x, state.h], axis=-1) @ params["lstm"]["kernel"]
+    state = _lstm_update(state, gates + params["lstm"]["bias"])
+    return state, _head(config, params, state.h)
+
+
+def sample_next(key: jax.Array, output: MDNOutput, temperature: jax.Array | float) -> jax.Array:
+    """z(t+1) at temperature τ (World Models §4.4): log π / τ, then noise × √τ.
+
+    Args:
+        temperature: scalar or (...,) matching the batch shape; traced, so vmap over it works.
+    Returns:
+        z_next (..., Z).
+    """
+    key_component, key_noise = jax.random.split(key)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    logits = output.log_pi / jnp.maximum(temperature, MIN_TEMPERATURE)[..., None, None]
+    logits = jax.nn.log_softmax(logits, axis=-1)
+    component = jax.random.categorical(key_component, logits, axis=-1)[..., None]  # (..., Z, 1)
+    mu = jnp.take_along_axis(output.mu, component, axis=-1)[..., 0]
+    log_sigma = jnp.take_along_axis(output.log_sigma, component, axis=-1)[..., 0]
+    noise = jax.random.normal(key_noise, mu.shape)
+    scale = jnp.sqrt(jnp.maximum(temperature, 0.0))[..., None]
+    return mu + jnp.exp(log_sigma) * scale * noise
+
+
+def step(
+    key: jax.Array,
+    config: MDNRNNConfig,
+    params: Params,
+    state: LSTMState,
+    z: jax.Array,
+    action: jax.Array,
+    temperature: jax.Array | float,
+    restart: jax.Array | None = None,
+) -> tuple[LSTMState, jax.Array, jax.Array, jax.Array]:
+    """The dream's transition: (state, z_next (..., Z), done_logit (...,), reward (...,))."""
+    state, output = forward_step(config, params, state, z, action, restart)
+    return state, sample_next(key, output, temperature), output.done_logit, output.reward
+
+
+def forward_sequence(
+    config: MDNRNNConfig,
+    params: Params,
+    z: jax.Array,
+    actions: jax.Array,
+    restarts: jax.Array | None = None,
+) -> MDNOutput:
+    """Teacher-forced pass over (B, T, ...) inputs from a zero state, via `lax.scan` over time."""
+    if jnp.ndim(z) != 3:
+        raise ValueError(f"z: expected shape (B, T, {config.latent_dim}), got {jnp.shape(z)}")
+    x = _inputs(config, z, actions, restarts)  # (B, T, input)
+    num_inputs = x.shape[-1]
+    kernel, bias = params["lstm"]["kernel"], params["lstm"]["bias"]
+    # The input projection has no recurrence: one large matmul for all steps, outside the scan.
+    input_gates = x @ kernel[:num_inputs] + bias  # (B, T, 4H)
+    recurrent_kernel = kernel[num_inputs:]
+    if restarts is None:
+        restarts = jnp.zeros(x.shape[:2], bool)
+
+    def body(state, xs):
+        gates, restart = xs
+        state = _reset(state, restart)
+        state = _lstm_update(state, gates + state.h @ recurrent_kernel)
+        return state, state.h
+
+    xs = (jnp.swapaxes(input_gates, 0, 1), jnp.swapaxes(jnp.asarray(restarts, bool), 0, 1))
+    _, hidden = jax.lax.scan(body, initial_state(config, x.shape[:1]), xs)
+    return _head(config, params, jnp.swapaxes(hidden, 0, 1))  # head on (B, T, H) at once
+
+
+def _mixture_log_prob(output: MDNOutput, z: jax.Array) -> jax.Array:
+    """log p(z) per latent dimension (..., Z), by log-sum-exp over the components."""
+    scaled = (z[..., None] - output.mu) * jnp.exp(-output.log_sigma)
+    log_normal = -0.5 * jnp.square(scaled) - output.log_sigma - _LOG_SQRT_2PI
+    return jax.nn.logsumexp(output.log_pi + log_normal, axis=-1)
+
+
+def _validate_batch(config: MDNRNNConfig, batch: SequenceBatch, batch_size=None, seq_len=None):
+    """Raise ValueError naming the first SequenceBatch field with a wrong shape."""
+    if not isinstance(batch, SequenceBatch):
+        raise TypeError(f"batch: expected a SequenceBatch, got {type(batch).__name__}")
+    shapes = {name: tuple(jnp.shape(value)) for name, value in batch._asdict().items()}
+    if batch_size is None or seq_len is None:
+        # (B, T) as most fields say, so the error names the odd field out.
+        votes = [
+            (s[0], s[1] - (name in ("mu", "logvar"))) for name, s in shapes.items() if len(s) >= 2
+        ]
+        voted = collections.Counter(votes).most_common(1)[0][0] if votes else (None, None)
+        batch_size = voted[0] if batch_size is None else batch_size
+        seq_len = voted[1] if seq_len is None else seq_len
+    if seq_len is None or seq_len < 1:
+        raise ValueError(f"SequenceBatch: needs T ≥ 1 steps, got shapes {shapes}")
+    flags = (batch_size, seq_len)
+    expected = {
+        "mu": (batch_size, seq_len + 1, config.latent_dim),
+        "logvar": (batch_size, seq_len + 1, config.latent_dim),
+        "actions": (*flags, config.action_dim),
+        "restarts": flags,
+        "dones": flags,
+        "rewards": flags,
+        "mask": flags,
+    }
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise ValueError(f"SequenceBatch.{name}: expected shape {shape}, got {shapes[name]}")
+
+
+def loss_fn(
+    key: jax.Array, config: MDNRNNConfig, params: Params, batch: SequenceBatch
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mixture NLL of z(t+1) (+ weighted done BCE, + reward MSE), averaged over valid steps.
+
+    z is resampled from N(mu, exp(logvar)) with `key`; inputs z(0..T-1), targets z(1..T).
+    The z NLL is averaged over `mask` × latent dims; the done and reward losses over steps that
+    are real (`mask | dones`), since an episode's last action has a done but no next frame.
+    Returns:
+        (loss, metrics) with metrics loss, z_nll and, for the heads that are on, done_loss and
+        reward_loss.
+    """
+    _validate_batch(config, batch)
+    mu = jnp.asarray(batch.mu, jnp.float32)
+    noise = jax.random.normal(key, mu.shape)
+    z = mu + jnp.exp(0.5 * jnp.asarray(batch.logvar, jnp.float32)) * noise
+    output = forward_sequence(config, params, z[:, :-1], batch.actions, batch.restarts)
+    mask = jnp.asarray(batch.mask, bool)
+    log_prob = _mixture_log_prob(output, z[:, 1:])  # (B, T, Z)
+    z_nll = -jnp.sum(jnp.where(mask[..., None], log_prob, 0.0)) / (
+        jnp.maximum(jnp.sum(mask), 1) * config.latent_dim
+    )
+    real = mask | jnp.asarray(batch.dones, bool)
+    num_real = jnp.maximum(jnp.sum(real), 1)
+    dones = jnp.asarray(batch.dones, jnp.float32)
+    # World Models code: tf.nn.weighted_cross_entropy_with_logits(pos_weight=10), in log space.
+    done_bce = config.done_pos_weight * dones * jax.nn.softplus(-output.done_logit) + (
+        1.0 - dones
+    ) * jax.nn.softplus(output.done_logit)
+    done_loss = jnp.sum(jnp.where(real, done_bce, 0.0)) / num_real
+    reward_error = jnp.square(output.reward - jnp.asarray(batch.rewards, jnp.float32))
+    reward_loss = jnp.sum(jnp.where(real, reward_error, 0.0)) / num_real
+    loss, metrics = z_nll, {"z_nll": z_nll}
+    if config.predict_done:  # a head that is off is neither trained nor reported
+        loss, metrics["done_loss"] = loss + done_loss, done_loss
+    if config.predict_reward:
+        loss, metrics["reward_loss"] = loss + reward_loss, reward_loss
+    return loss, {"loss": loss, **metrics}
+
+
+@functools.cache  # configs are frozen and hashable: equal configs share one compiled step
+def make_train(config: MDNRNNConfig, train_config: MDNTrainConfig):
+    """Returns jitted (init_state(key) -> MDNTrainState, train_step(key, state, batch))."""
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(train_config.grad_clip), optax.adam(train_config.learning_rate)
+    )
+
+    def init_state(key: jax.Array) -> MDNTrainState:
+        params = init_params(key, config)
+        return MDNTrainState(params=params, opt_state=optimizer.init(params), step=jnp.array(0))
+
+    def train_step(key: jax.Array, state: MDNTrainState, batch: SequenceBatch):
+        # Shapes are static: a mismatch is caught once, at trace time, without a host sync.
+        _validate_batch(config, batch, train_config.batch_size, train_config.seq_len)
+        grad_fn = jax.value_and_grad(loss_fn, argnums=2, has_aux=True)
+        (_, metrics), grads = grad_fn(key, config, state.params, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+    return jax.jit(init_state), jax.jit(train_step)
+
+
+def check_finite(metrics: dict, step: int) -> None:
+    """Host-side divergence check, meant every N steps: raises FloatingPointError naming `step`."""
+    for name in sorted(metrics, key=lambda name: name != "loss"):  # the total loss first
+        value = np.asarray(metrics[name])
+        if not np.all(np.isfinite(value)):
+            raise FloatingPointError(
+                f"MDN-RNN training diverged at step {step}: {name} = {value} (not finite)"
+            )
+
+
+def train(
+    key: jax.Array,
+    config: MDNRNNConfig,
+    train_config: MDNTrainConfig,
+    batches: Iterable[SequenceBatch],
+    state: MDNTrainState | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    check_every: int = 100,
+) -> MDNTrainState:
+    """Streams `batches` until train_config.num_steps; checks for NaN every `check_every` steps."""
+    key_init, key_train = jax.random.split(key)
+    init_state, train_step = make_train(config, train_config)
+    if state is None:
+        state = init_state(key_init)
+    start = int(state.step)
+    metrics = None
+    for step_index, batch in zip(range(start, train_config.num_steps), batches, strict=False):
+        state, metrics = train_step(jax.random.fold_in(key_train, step_index), state, batch)
+        if on_step is not None:
+            on_step(step_index, metrics)
+        if (step_index + 1) % check_every == 0:
+            check_finite(metrics, step_index)
+    if metrics is not None:
+        check_finite(metrics, int(state.step) - 1)
+    return state

@@ -1,0 +1,415 @@
+"""M (MDN-RNN): sizes, LSTM maths, scan vs loop, sampling at τ, losses, training, errors."""
+
+import dataclasses
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wm_jax import mdn_rnn
+
+SMALL = mdn_rnn.MDNRNNConfig(
+    latent_dim=4,
+    action_dim=2,
+    hidden_size=16,
+    num_mixtures=3,
+    use_restart=True,
+    predict_done=True,
+    predict_reward=True,
+)
+TOY = mdn_rnn.MDNRNNConfig(latent_dim=4, action_dim=2, hidden_size=32, num_mixtures=3)
+
+
+@functools.cache
+def _params(config: mdn_rnn.MDNRNNConfig, seed: int = 0):
+    # Jitted and cached: eager initialisation dispatches op by op, which dominates a small test.
+    return jax.jit(mdn_rnn.init_params, static_argnums=1)(jax.random.key(seed), config)
+
+
+def _fresh_params(config, seed=0):
+    return jax.tree.map(jnp.array, _params(config, seed))  # a copy a test may edit
+
+
+def _random_batch(seed, config, batch_size=3, seq_len=7) -> mdn_rnn.SequenceBatch:
+    # numpy, not jax.random: nothing to compile for a few dozen numbers.
+    rng = np.random.default_rng(seed)
+    flags = (batch_size, seq_len)
+    restarts = rng.random(flags) < 0.2
+    restarts[:, 0] = True
+    mask = np.ones(flags, bool)
+    mask[:, -1] = False
+    return mdn_rnn.SequenceBatch(
+        mu=rng.normal(size=(batch_size, seq_len + 1, config.latent_dim)).astype(np.float32),
+        logvar=rng.uniform(-4, 0, (batch_size, seq_len + 1, config.latent_dim)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (*flags, config.action_dim)).astype(np.float32),
+        restarts=restarts,
+        dones=rng.random(flags) < 0.2,
+        rewards=rng.normal(size=flags).astype(np.float32),
+        mask=mask,
+    )
+
+
+# Jitted once per shape: eager dispatch compiles op by op and would dominate these small tests.
+_forward_step = jax.jit(mdn_rnn.forward_step, static_argnums=0)
+_step = jax.jit(mdn_rnn.step, static_argnums=1)
+_forward_sequence = jax.jit(mdn_rnn.forward_sequence, static_argnums=0)
+_loss_fn = jax.jit(mdn_rnn.loss_fn, static_argnums=1)
+
+
+SMALL_TRAIN = mdn_rnn.MDNTrainConfig(batch_size=2, seq_len=4, num_steps=6)
+
+
+@functools.cache
+def _small_train():
+    return mdn_rnn.make_train(SMALL, SMALL_TRAIN)  # compiled once, shared by the tests below
+
+
+def _num_params(params) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize(
+    ("config", "expected", "num_inputs"),
+    [(mdn_rnn.CAR_RACING, 422_368, 35), (mdn_rnn.DOOM, 1_678_785, 66)],
+)
+def test_parameter_counts_match_the_paper(config, expected, num_inputs):
+    params = jax.eval_shape(lambda key: mdn_rnn.init_params(key, config), jax.random.key(0))
+    assert _num_params(params) == expected
+    kernel = params["lstm"]["kernel"]
+    assert kernel.shape == (num_inputs + config.hidden_size, 4 * config.hidden_size)
+
+
+def test_presets():
+    assert mdn_rnn.DOOM.latent_dim == 64 and mdn_rnn.DOOM.hidden_size == 512
+    assert mdn_rnn.DOOM.use_restart and mdn_rnn.DOOM.predict_done
+    assert mdn_rnn.DOOM_TRAIN.seq_len == 500 and mdn_rnn.MDNTrainConfig().seq_len == 999
+    train = mdn_rnn.MDNTrainConfig()
+    assert (train.batch_size, train.learning_rate, train.grad_clip, train.num_steps) == (
+        100,
+        1e-3,
+        1.0,
+        4000,
+    )
+    hash(mdn_rnn.DOOM)  # static jit argument
+
+
+def test_shapes_and_dtypes():
+    params = _params(SMALL)
+    state = mdn_rnn.initial_state(SMALL, (2, 5))
+    z, action = jnp.zeros((2, 5, 4)), jnp.zeros((2, 5, 2))
+    state, output = _forward_step(SMALL, params, state, z, action, jnp.zeros((2, 5), bool))
+    assert state.c.shape == state.h.shape == (2, 5, 16)
+    for field in (output.log_pi, output.mu, output.log_sigma):
+        assert field.shape == (2, 5, 4, 3) and field.dtype == jnp.float32
+    assert output.done_logit.shape == output.reward.shape == (2, 5)
+    np.testing.assert_allclose(jnp.exp(output.log_pi).sum(-1), 1.0, rtol=1e-5)
+
+    state, z_next, done_logit, reward = _step(
+        jax.random.key(1), SMALL, params, state, z, action, 1.0
+    )
+    assert z_next.shape == (2, 5, 4) and z_next.dtype == jnp.float32
+    assert done_logit.shape == reward.shape == (2, 5)
+
+    sequence = _forward_sequence(SMALL, params, jnp.zeros((3, 6, 4)), jnp.zeros((3, 6, 2)))
+    assert sequence.mu.shape == (3, 6, 4, 3) and sequence.done_logit.shape == (3, 6)
+
+
+def test_heads_off_are_zero():
+    state = mdn_rnn.initial_state(TOY)
+    _, output = _forward_step(TOY, _params(TOY), state, jnp.ones(4), jnp.ones(2))
+    assert output.done_logit.shape == output.reward.shape == ()
+    assert float(output.done_logit) == float(output.reward) == 0.0
+
+
+def test_lstm_matches_flax_lstm_cell():
+    """Same maths as flax.linen.LSTMCell, with our fused kernel split into its eight Denses."""
+    config = TOY
+    params = _fresh_params(config)
+    params["lstm"]["bias"] = jnp.linspace(-1.0, 1.0, 4 * config.hidden_size)
+    num_inputs = config.latent_dim + config.action_dim
+    kernel, bias = params["lstm"]["kernel"], params["lstm"]["bias"]
+    flax_params = {}
+    for gate, columns in zip("ifgo", np.split(np.arange(kernel.shape[1]), 4), strict=True):
+        flax_params[f"i{gate}"] = {"kernel": kernel[:num_inputs, columns]}
+        flax_params[f"h{gate}"] = {"kernel": kernel[num_inputs:, columns], "bias": bias[columns]}
+    c, h, z, action = (
+        jax.random.normal(jax.random.key(i), shape)
+        for i, shape in enumerate([(5, config.hidden_size)] * 2 + [(5, 4), (5, 2)])
+    )
+
+    state, _ = _forward_step(config, params, mdn_rnn.LSTMState(c, h), z, action)
+    cell = nn.LSTMCell(features=config.hidden_size)
+    (flax_c, flax_h), _ = jax.jit(cell.apply)(
+        {"params": flax_params}, (c, h), jnp.concatenate([z, action], -1)
+    )
+    np.testing.assert_allclose(state.c, flax_c, atol=1e-5)
+    np.testing.assert_allclose(state.h, flax_h, atol=1e-5)
+
+
+def test_forward_sequence_equals_python_loop_of_forward_step():
+    params = _params(SMALL)
+    batch = _random_batch(1, SMALL, batch_size=3, seq_len=9)
+    z = batch.mu[:, :-1]
+    scanned = _forward_sequence(SMALL, params, z, batch.actions, batch.restarts)
+    assert bool(batch.restarts[:, 1:].any())  # resets happen mid-sequence too
+    state = mdn_rnn.initial_state(SMALL, (3,))
+    for t in range(9):
+        state, output = _forward_step(
+            SMALL, params, state, z[:, t], batch.actions[:, t], batch.restarts[:, t]
+        )
+        for got, want in zip(scanned, output, strict=True):
+            np.testing.assert_allclose(got[:, t], want, atol=1e-5, rtol=1e-5)
+
+
+def test_restart_zeroes_the_state_before_the_step():
+    params = _params(SMALL)
+    c, h, z, action = (
+        jax.random.normal(jax.random.key(i), shape)
+        for i, shape in enumerate([(2, 16), (2, 16), (2, 4), (2, 2)])
+    )
+    state, zeros = mdn_rnn.LSTMState(c, h), mdn_rnn.initial_state(SMALL, (2,))
+    restart, never = jnp.array([True, False]), jnp.array([False, False])
+    got, _ = _forward_step(SMALL, params, state, z, action, restart)
+    fresh, _ = _forward_step(SMALL, params, zeros, z, action, restart)
+    kept, _ = _forward_step(SMALL, params, state, z, action, never)
+    np.testing.assert_allclose(got.h[0], fresh.h[0])  # reset row: as if from zeros
+    np.testing.assert_allclose(got.c[0], fresh.c[0])
+    np.testing.assert_allclose(got.h[1], kept.h[1])  # the other row kept its memory
+    assert not np.allclose(got.h[1], fresh.h[1])
+
+
+def test_jit_equals_no_jit():
+    params = _params(SMALL)
+    batch = _random_batch(1, SMALL, batch_size=2, seq_len=4)
+    key = jax.random.key(2)
+    state = mdn_rnn.initial_state(SMALL, (2,))
+    args = (
+        key,
+        SMALL,
+        params,
+        state,
+        batch.mu[:, 0],
+        batch.actions[:, 0],
+        0.7,
+        batch.restarts[:, 0],
+    )
+    eager = mdn_rnn.step(*args)  # op by op; eager loss_fn agrees too, but costs seconds of dispatch
+    chex.assert_trees_all_close(_step(*args), eager, atol=1e-5, rtol=1e-5)
+
+
+def test_no_retrace_across_train_steps_and_temperatures(monkeypatch):
+    chex.clear_trace_counter()
+    monkeypatch.setattr(mdn_rnn, "loss_fn", chex.assert_max_traces(mdn_rnn.loss_fn, n=1))
+    # A train config of its own, so make_train's cache cannot hand back an already-traced step.
+    train_config = dataclasses.replace(SMALL_TRAIN, learning_rate=2e-3)
+    _, train_step = mdn_rnn.make_train(SMALL, train_config)
+    state = _small_train()[0](jax.random.key(0))
+    for i in range(3):
+        batch = _random_batch(10 + i, SMALL, batch_size=2, seq_len=4)
+        state, metrics = train_step(jax.random.key(i), state, batch)
+    assert int(state.step) == 3 and set(metrics) >= {"loss", "z_nll", "grad_norm"}
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def dream_step(key, params, lstm_state, z, action, temperature):
+        return mdn_rnn.step(key, SMALL, params, lstm_state, z, action, temperature)
+
+    lstm_state = mdn_rnn.initial_state(SMALL)
+    for i, temperature in enumerate([0.1, 1.0, 1.15, 1.3]):
+        key = jax.random.key(i)
+        dream_step(key, state.params, lstm_state, jnp.zeros(4), jnp.zeros(2), temperature)
+
+
+def test_vmap_over_temperature():
+    params = _params(SMALL)
+    state = mdn_rnn.initial_state(SMALL)
+
+    def dream_step(temperature):
+        key = jax.random.key(3)
+        return mdn_rnn.step(key, SMALL, params, state, jnp.ones(4), jnp.ones(2), temperature)
+
+    temperatures = jnp.array([0.5, 1.0, 1.3])
+    batched = jax.jit(jax.vmap(dream_step))(temperatures)
+    single = jax.jit(dream_step)
+    for i, temperature in enumerate(temperatures):
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda x, i=i: x[i], batched), single(temperature), atol=1e-6
+        )
+
+
+def _mixture_moments(pi, mu, sigma, temperature):
+    """Mean and variance of the τ-tempered mixture: π ∝ π^(1/τ), σ² → τσ²."""
+    weights = pi ** (1.0 / temperature)
+    weights = weights / weights.sum()
+    mean = np.sum(weights * mu)
+    return mean, np.sum(weights * (temperature * sigma**2 + mu**2)) - mean**2
+
+
+def test_sampling_statistics_follow_temperature():
+    pi, mu, sigma = np.array([0.6, 0.3, 0.1]), np.array([-2.0, 0.0, 3.0]), np.array([0.3, 0.5, 1])
+    num_samples, latent_dim = 40_000, 2
+    shape = (num_samples, latent_dim, 3)
+    output = mdn_rnn.MDNOutput(
+        log_pi=jnp.broadcast_to(jnp.log(pi), shape),
+        mu=jnp.broadcast_to(mu, shape),
+        log_sigma=jnp.broadcast_to(jnp.log(sigma), shape),
+        done_logit=jnp.zeros(num_samples),
+        reward=jnp.zeros(num_samples),
+    )
+    sample = jax.jit(mdn_rnn.sample_next)
+    variances = []
+    for temperature in (0.5, 1.0, 2.0):
+        z = np.asarray(sample(jax.random.key(0), output, temperature))
+        mean, variance = _mixture_moments(pi, mu, sigma, temperature)
+        np.testing.assert_allclose(z.mean(0), mean, atol=0.04)
+        np.testing.assert_allclose(z.var(0), variance, rtol=0.05)
+        variances.append(z.var())
+    assert variances[0] < variances[1] < variances[2]  # larger τ spreads more
+
+    # τ → 0 concentrates on the most likely component's mean; τ = 0 is exactly that mean.
+    z = sample(jax.random.key(1), output, 1e-3)
+    np.testing.assert_allclose(z, -2.0, atol=0.05)
+    np.testing.assert_array_equal(sample(jax.random.key(1), output, 0.0), -2.0)
+
+
+def _toy_batch(rng, batch_size, seq_len):
+    """z(t+1) = tanh(z(t) W + a(t) U): a deterministic map M should learn."""
+    W = np.array([[0.9, -0.6, 0.0, 0.3], [0.5, 0.8, -0.4, 0.0], [0.0, 0.3, 0.7, -0.8],
+                  [-0.6, 0.0, 0.5, 0.9]])  # fmt: skip
+    U = np.array([[1.0, 0.0, -0.5, 0.5], [0.0, 1.0, 0.5, -0.5]])
+    actions = rng.uniform(-1, 1, (batch_size, seq_len, 2))
+    mu = np.empty((batch_size, seq_len + 1, 4))
+    mu[:, 0] = rng.normal(size=(batch_size, 4))
+    for t in range(seq_len):
+        mu[:, t + 1] = np.tanh(mu[:, t] @ W + actions[:, t] @ U)
+    flags = np.zeros((batch_size, seq_len), bool)
+    return mdn_rnn.SequenceBatch(
+        mu=mu.astype(np.float32),
+        logvar=np.full(mu.shape, -12.0, np.float32),
+        actions=actions.astype(np.float32),
+        restarts=flags,
+        dones=flags,
+        rewards=np.zeros((batch_size, seq_len), np.float32),
+        mask=~flags,
+    )
+
+
+def test_learns_a_deterministic_map():
+    train_config = mdn_rnn.MDNTrainConfig(batch_size=32, seq_len=12, learning_rate=1e-2)
+    init_state, train_step = mdn_rnn.make_train(TOY, train_config)
+    state = init_state(jax.random.key(0))
+    rng, key = np.random.default_rng(0), jax.random.key(1)
+    losses = []
+    for i in range(300):
+        state, metrics = train_step(jax.random.fold_in(key, i), state, _toy_batch(rng, 32, 12))
+        losses.append(metrics["z_nll"])  # on a fresh batch, before the update
+    mdn_rnn.check_finite(metrics, 300)
+    untrained, trained = float(losses[0]), float(np.mean(losses[-20:]))
+    # A unit Gaussian scores ≈ 1.1 nats here; σ ≈ 0.05 scores -1.5 (it reaches ≈ -2.3).
+    assert untrained > 0.8
+    assert trained < -1.5, (untrained, trained)
+
+
+def test_done_loss_weights_positives_ten_times():
+    params = _fresh_params(SMALL)
+    params["head"]["kernel"] = jnp.zeros_like(params["head"]["kernel"])
+    done_index = SMALL.latent_dim * SMALL.num_mixtures * 3
+    params["head"]["bias"] = params["head"]["bias"].at[done_index : done_index + 2].set([0.7, 0.25])
+    batch = _random_batch(1, SMALL, batch_size=2, seq_len=4)
+    dones = np.array([[0, 0, 0, 1], [0, 1, 0, 0]], bool)
+    mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], bool)  # [1, 2] and [1, 3] are padding
+    rewards = np.array([[1.0, 0.0, -1.0, 2.0], [0.5, 0.5, 9.0, 9.0]], np.float32)
+    batch = batch._replace(dones=dones, mask=mask, rewards=rewards)
+    loss, metrics = _loss_fn(jax.random.key(2), SMALL, params, batch)
+
+    # tf.nn.weighted_cross_entropy_with_logits(pos_weight=10) by hand, over the real steps.
+    real = mask | dones
+    p_done = 1.0 / (1.0 + np.exp(-0.7))
+    per_step = np.where(dones, -10.0 * np.log(p_done), -np.log(1.0 - p_done))
+    np.testing.assert_allclose(metrics["done_loss"], per_step[real].mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["reward_loss"], np.square(0.25 - rewards[real]).mean(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        loss, metrics["z_nll"] + metrics["done_loss"] + metrics["reward_loss"], rtol=1e-5
+    )
+
+
+def test_training_stays_finite_with_extreme_inputs():
+    init_state, train_step = _small_train()
+    state = init_state(jax.random.key(0))
+    # Huge head weights: log σ far below/above its bounds, μ of order 1e3.
+    params = jax.tree.map(lambda x: x * 1e3, state.params)
+    batch = _random_batch(1, SMALL, batch_size=2, seq_len=4)
+    batch = batch._replace(
+        mu=batch.mu * 1e5, logvar=jnp.full(batch.logvar.shape, -40.0), rewards=batch.rewards * 1e6
+    )
+    new_state, metrics = train_step(jax.random.key(2), state.replace(params=params), batch)
+    mdn_rnn.check_finite(metrics, 0)  # loss, z_nll, done_loss, reward_loss, grad_norm
+    assert float(metrics["z_nll"]) > 1e3 and float(metrics["grad_norm"]) > 1.0
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(new_state.params))
+    restarts = jnp.zeros(2, bool)
+    _, output = _forward_step(SMALL, params, mdn_rnn.initial_state(SMALL, (2,)), batch.mu[:, 0],
+                              batch.actions[:, 0], restarts)  # fmt: skip
+    assert float(jnp.abs(output.mu).max()) > 100.0
+    assert float(output.log_sigma.min()) >= mdn_rnn.LOG_SIGMA_MIN - 1e-3  # smooth bound
+    assert float(output.log_sigma.max()) <= mdn_rnn.LOG_SIGMA_MAX
+
+
+@pytest.mark.parametrize("field", mdn_rnn.SequenceBatch._fields)
+def test_bad_batch_shape_names_the_field(field):
+    params = _params(SMALL)
+    batch = _random_batch(1, SMALL, batch_size=2, seq_len=4)
+    value = getattr(batch, field)
+    bad = batch._replace(**{field: value[:, :-1] if field != "actions" else value[..., :1]})
+    with pytest.raises(ValueError, match=rf"SequenceBatch\.{field}: expected shape"):
+        mdn_rnn.loss_fn(jax.random.key(2), SMALL, params, bad)
+
+
+def test_train_step_rejects_a_batch_of_the_wrong_length():
+    init_state, train_step = _small_train()  # seq_len 4
+    batch = _random_batch(1, SMALL, batch_size=2, seq_len=5)
+    with pytest.raises(ValueError, match=r"SequenceBatch\.mu: expected shape \(2, 5, 4\), got"):
+        train_step(jax.random.key(0), init_state(jax.random.key(0)), batch)
+
+
+def test_forward_step_rejects_wrong_sizes():
+    params = _params(SMALL)
+    state = mdn_rnn.initial_state(SMALL, (2,))
+    with pytest.raises(ValueError, match=r"z: expected shape \(\.\.\., 4\)"):
+        mdn_rnn.forward_step(SMALL, params, state, jnp.zeros((2, 5)), jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"action: expected shape \(\.\.\., 2\)"):
+        mdn_rnn.forward_step(SMALL, params, state, jnp.zeros((2, 4)), jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"restart: expected shape \(2,\)"):
+        mdn_rnn.forward_step(
+            SMALL, params, state, jnp.zeros((2, 4)), jnp.zeros((2, 2)), jnp.zeros(3, bool)
+        )
+
+
+def test_train_raises_naming_the_step_when_the_loss_goes_nan():
+    train_config = SMALL_TRAIN
+    good = _random_batch(1, SMALL, batch_size=2, seq_len=4)
+    bad = good._replace(mu=np.full_like(good.mu, np.nan))
+    seen = []
+    with pytest.raises(FloatingPointError, match="diverged at step 3: loss"):
+        mdn_rnn.train(
+            jax.random.key(0),
+            SMALL,
+            train_config,
+            [good, good, bad, bad, bad, bad],
+            on_step=lambda step, metrics: seen.append(step),
+            check_every=2,
+        )
+    assert seen == [0, 1, 2, 3]
+
+
+def test_heads_that_are_off_are_neither_trained_nor_reported():
+    config = dataclasses.replace(SMALL, predict_done=False, predict_reward=False)
+    batch = _random_batch(3, config, batch_size=2, seq_len=4)
+    loss, metrics = _loss_fn(jax.random.key(0), config, _fresh_params(config), batch)
+    assert set(metrics) == {"loss", "z_nll"}
+    np.testing.assert_allclose(loss, metrics["z_nll"])
