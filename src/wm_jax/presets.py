@@ -106,7 +106,7 @@ def _small(config: ExperimentConfig) -> ExperimentConfig:
         scale="small",
         collect=replace(config.collect, episodes=episodes, max_frames=max_frames),
         data=replace(config.data, memory_budget_mb=512),
-        vae_train=replace(config.vae_train, num_epochs=3),
+        vae_train=replace(config.vae_train, num_epochs=1),  # the paper: 1 epoch
         mdn_train=replace(config.mdn_train, batch_size=32, seq_len=100, num_steps=1500),
         controller=replace(
             config.controller,

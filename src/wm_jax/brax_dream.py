@@ -1,0 +1,99 @@
+"""The dream as a brax `Env`, so brax's trainers (PPO, SAC, ES, ...) can train in it.
+
+    env = BraxDream(dream_env, dream_params)
+    install_jax_compat()   # brax 0.14.2 PPO on jax >= 0.10
+    make_policy, params, metrics = brax.training.agents.ppo.train.train(
+        environment=env, episode_length=2100, ...)
+
+M's weights are held by the adapter (brax envs carry their system the same way); `done` is M's
+termination only, and brax's `EpisodeWrapper(episode_length)` provides truncation, so PPO's
+`truncation` bookkeeping stays right. brax's `AutoResetWrapper` restarts an episode from that
+env slot's first state (same initial z), as it does for every brax env.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from brax.envs.base import Env, State
+
+from wm_jax import dream
+
+
+class BraxDream(Env):
+    """brax view of a `dream.DreamEnv` with fixed `DreamParams`."""
+
+    def __init__(self, env: dream.DreamEnv, env_params: dream.DreamParams):
+        self.env = env
+        self.env_params = env_params
+
+    def reset(self, rng: jax.Array) -> State:
+        # brax passes raw uint32 keys (jax.random.PRNGKey); the dream takes either kind.
+        rng, key_reset = jax.random.split(rng)
+        obs, dream_state = self.env.reset_env(key_reset, self.env_params)
+        zero = jnp.zeros((), jnp.float32)
+        return State(
+            pipeline_state=dream_state,
+            obs=obs,
+            reward=zero,
+            done=zero,
+            metrics={},
+            info={"rng": rng},
+        )
+
+    def step(self, state: State, action: jax.Array) -> State:
+        rng, key_step = jax.random.split(state.info["rng"])
+        obs, dream_state, reward, terminated, _ = self.env.step_env(
+            key_step, state.pipeline_state, action, self.env_params
+        )
+        info = {**state.info, "rng": rng}
+        return state.replace(
+            pipeline_state=dream_state,
+            obs=obs,
+            reward=jnp.asarray(reward, jnp.float32),
+            done=terminated.astype(jnp.float32),
+            info=info,
+        )
+
+    @property
+    def observation_size(self) -> int:
+        return self.env.obs_dim
+
+    @property
+    def action_size(self) -> int:
+        return self.env.action_dim
+
+    @property
+    def backend(self) -> str:
+        return "dream"
+
+
+def install_jax_compat() -> bool:
+    """Give jax back `device_put_replicated` if it is missing; True if it was installed.
+
+    brax 0.14.2's PPO (`training/agents/ppo/train.py`, `training/pmap.py`) calls
+    `jax.device_put_replicated`, which jax 0.10 removed. This is the only shim in the package;
+    it does nothing on a jax that still has the function, and can be dropped once brax stops
+    calling it.
+    """
+    if hasattr(jax, "device_put_replicated"):
+        return False
+
+    def device_put_replicated(x, devices):
+        """Stack `x` once per device along a new leading axis, one slice on each (pmap input)."""
+        devices = list(devices)
+        mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+
+        def put(leaf):
+            leaf = jnp.asarray(leaf)
+            shards = [jax.device_put(leaf[None], device) for device in devices]
+            return jax.make_array_from_single_device_arrays(
+                (len(devices), *leaf.shape), sharding, shards
+            )
+
+        return jax.tree.map(put, x)
+
+    jax.device_put_replicated = device_put_replicated
+    return True

@@ -1,0 +1,125 @@
+"""Score a controller the way the paper reports it: mean ± std over N episodes (paper: 100).
+
+`evaluate_controller` plays real episodes in worker processes, batching V → C → M for all of
+them per frame (`wm_jax.real_rollout`). Its seeds are `EVAL_SEED_OFFSET + i`: training never
+uses seeds that high (`wm_jax.evolve` trains on [0, 9,000,000) and selects on
+[9,000,000, 10,000,000)), so the score is on tracks / levels the controller never saw.
+`evaluate_in_dream` gives the "score in dream" column of the paper's Doom table.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wm_jax import controller, dream, evolve, real_rollout
+
+EVAL_SEED_OFFSET = evolve.TRAIN_SEED_LIMIT  # 10,000,000: evaluation episode i uses this + i
+NUM_EPISODES = 100  # World Models: average over 100 random trials
+
+
+class EvaluationResult(NamedTuple):
+    mean: float
+    std: float
+    returns: np.ndarray  # (N,) every episode's return (NaN where a worker lost it)
+    lengths: np.ndarray  # (N,) steps per episode
+    seeds: np.ndarray  # (N,) the game seeds (None-like -1 in the dream)
+
+    def summary(self) -> str:
+        """Like the paper's tables: '906 ± 21 over 100 episodes'."""
+        lost = int(np.isnan(self.returns).sum())
+        text = f"{self.mean:.0f} ± {self.std:.0f} over {len(self.returns) - lost} episodes"
+        return text + (f" ({lost} lost)" if lost else "")
+
+
+def _result(returns, lengths, seeds) -> EvaluationResult:
+    returns = np.asarray(returns, np.float64).reshape(-1)
+    finite = returns[~np.isnan(returns)]
+    mean = float(finite.mean()) if finite.size else float("nan")
+    std = float(finite.std()) if finite.size else float("nan")
+    return EvaluationResult(
+        mean, std, returns, np.asarray(lengths).reshape(-1), np.asarray(seeds).reshape(-1)
+    )
+
+
+def evaluate_controller(
+    key: jax.Array,
+    game: str | real_rollout.EnvPool,
+    models: real_rollout.RealModels,
+    c_config: controller.ControllerConfig,
+    c_params: Any,
+    num_episodes: int = NUM_EPISODES,
+    *,
+    num_workers: int = 4,
+    seed_offset: int = EVAL_SEED_OFFSET,
+    max_steps: int | None = None,
+    progress: bool = True,
+    env_kwargs: dict | None = None,
+) -> EvaluationResult:
+    """Play `num_episodes` real episodes with seeds `seed_offset + i`.
+
+    Args:
+      game: a game name for `wm_jax.envs.make_env` (a pool of `num_workers` is started and
+        closed here), or an open `real_rollout.EnvPool` to reuse.
+      c_params: the controller's params pytree or its flat (D,) vector.
+    """
+    if seed_offset < evolve.TRAIN_SEED_LIMIT:
+        raise ValueError(
+            f"seed_offset {seed_offset} overlaps the training seeds [0, {evolve.TRAIN_SEED_LIMIT})"
+        )
+    flat = np.asarray(
+        c_params if isinstance(c_params, jax.Array | np.ndarray) else controller.flatten(c_params)
+    )
+    if flat.shape != (controller.num_params(c_config),):
+        raise ValueError(
+            f"c_params has {flat.shape}, expected ({controller.num_params(c_config)},)"
+        )
+    seeds = seed_offset + np.arange(num_episodes)
+    pool = game
+    if isinstance(game, str):
+        workers = max(1, min(num_workers, num_episodes))
+        pool = real_rollout.EnvPool.for_game(game, workers, **(env_kwargs or {}))
+    try:
+        results = real_rollout.evaluate_population_real(
+            key,
+            pool,
+            models,
+            c_config,
+            flat[None],
+            num_episodes,
+            seeds[None],
+            max_steps=max_steps,
+            progress=progress,
+        )
+    finally:
+        if isinstance(game, str):
+            pool.close()
+    return _result(results.returns, results.lengths, seeds)
+
+
+def evaluate_in_dream(
+    key: jax.Array,
+    env: dream.DreamEnv,
+    env_params: dream.DreamParams,
+    c_config: controller.ControllerConfig,
+    c_params: Any,
+    num_episodes: int = NUM_EPISODES,
+    max_steps: int = 2100,
+    chunk_size: int | None = 50,
+) -> EvaluationResult:
+    """The same statistics for `num_episodes` dream episodes (all in one jitted call)."""
+    flat = c_params if isinstance(c_params, jax.Array) else controller.flatten(c_params)
+    flat = jnp.asarray(flat)[None]
+    results = _dream_eval(key, env, env_params, c_config, flat, num_episodes, max_steps, chunk_size)
+    return _result(results.episode_return, results.length, np.full(num_episodes, -1))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 3, 5, 6, 7))
+def _dream_eval(key, env, env_params, c_config, flat, num_episodes, max_steps, chunk_size):
+    return evolve.evaluate_population_dream(
+        key, env, env_params, c_config, flat, num_episodes, max_steps, chunk_size
+    )

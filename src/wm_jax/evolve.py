@@ -1,0 +1,524 @@
+"""CMA-ES for the controller, in the dream or in the real game (World Models §3.3, Appendix).
+
+In the dream a whole generation (ask → population × rollouts × steps → tell) is one jitted
+function, and `generations_per_call` generations run inside one `lax.scan`; the Python loop
+around it only logs (tqdm, JSONL) and checkpoints (brax's ppo `train.py`, purejaxrl). In the
+real game each generation's rollouts go to worker processes (`wm_jax.real_rollout`), with ask
+and tell still jitted.
+
+evosax minimises, so fitness = − mean return over a member's rollouts. Generation g's
+randomness is `fold_in(key, g)`, so a run restored from a checkpoint continues exactly as if it
+had never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from evosax.algorithms import CMA_ES
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from wm_jax import checkpoint, controller, dream
+
+# Real-game seeds: training episodes use [0, SELECTION_SEED_OFFSET), the every-`eval_every`
+# evaluations of the ES mean [SELECTION_SEED_OFFSET, TRAIN_SEED_LIMIT), and the final evaluation
+# (`wm_jax.evaluate`) TRAIN_SEED_LIMIT onwards, so it never sees a track or level seen in training.
+SELECTION_SEED_OFFSET = 9_000_000
+TRAIN_SEED_LIMIT = 10_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolveConfig:
+    """World Models, Appendix: population 64, 16 rollouts each, σ0 0.1, eval every 25 gens."""
+
+    population_size: int = 64
+    rollouts_per_member: int = 16
+    sigma_init: float = 0.1
+    eval_every: int = 25  # evaluate the ES mean every N generations (0: never)
+    eval_rollouts: int = 1024
+    max_steps: int = 2100  # dream steps per rollout (static scan bound)
+    chunk_size: int | None = 50  # early exit: steps per scan chunk; None: one full-length scan
+    compact: bool = True  # with chunk_size: run each chunk on the live episodes only
+    compact_min_batch: int = 32  # smallest batch a compacted chunk runs on (per device)
+    generations_per_call: int = 5  # generations per jitted call (the host logs in between)
+    checkpoint_every: int = 25  # generations (0: never)
+    keep_checkpoints: int = 2
+    shard_population: bool = False  # split the population over all local devices
+
+    def __post_init__(self):
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value < 0 or value % self.generations_per_call:
+                raise ValueError(
+                    f"EvolveConfig.{name}={value} must be a multiple of generations_per_call="
+                    f"{self.generations_per_call} (the host only acts between jitted calls)"
+                )
+        if self.population_size < 2 or self.rollouts_per_member < 1:
+            raise ValueError("population_size must be >= 2 and rollouts_per_member >= 1")
+
+
+PAPER = EvolveConfig()
+
+
+@struct.dataclass
+class EvolveState:
+    es_state: Any  # evosax CMA_ES State (flat solutions of size D)
+    key: jax.Array  # (2,) uint32 key data of the run (raw, so checkpoints can hold it)
+    best_eval_return: jax.Array  # () best mean return of the ES mean at an evaluation
+    best_eval_params: jax.Array  # (D,) the ES mean that scored it
+
+    @property
+    def generation(self) -> int:
+        return int(self.es_state.generation_counter)
+
+    @property
+    def mean(self) -> jax.Array:
+        return self.es_state.mean
+
+
+class GenerationMetrics(NamedTuple):
+    generation: jax.Array  # generations completed
+    best_return: jax.Array  # best member's mean return this generation
+    mean_return: jax.Array
+    worst_return: jax.Array
+    sigma: jax.Array  # CMA-ES step size after the update
+    best_ever_return: jax.Array
+
+
+def make_strategy(config: EvolveConfig, num_dims: int) -> tuple[CMA_ES, Any]:
+    """evosax 0.3 CMA_ES over flat (D,) solutions, with σ0 = config.sigma_init."""
+    strategy = CMA_ES(config.population_size, solution=jnp.zeros((num_dims,), jnp.float32))
+    params = strategy.default_params.replace(std_init=jnp.asarray(config.sigma_init))
+    return strategy, params
+
+
+def init_state(
+    key: jax.Array, c_config: controller.ControllerConfig, config: EvolveConfig
+) -> EvolveState:
+    """CMA-ES from the zero vector (the authors' code starts at zeros)."""
+    num_dims = controller.num_params(c_config)
+    strategy, es_params = make_strategy(config, num_dims)
+    key_init, key_run = jax.random.split(key)
+    es_state = strategy.init(key_init, jnp.zeros((num_dims,), jnp.float32), es_params)
+    # evosax leaves some fields weakly typed; strong types keep the state's jit signature equal
+    # to that of later states and of restored checkpoints (no second compile).
+    es_state = jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), es_state)
+    return EvolveState(
+        es_state=es_state,
+        key=jax.random.key_data(key_run),
+        best_eval_return=jnp.array(-jnp.inf, jnp.float32),
+        best_eval_params=jnp.zeros((num_dims,), jnp.float32),
+    )
+
+
+def evaluate_population_dream(
+    key: jax.Array,
+    env: dream.DreamEnv,
+    env_params: dream.DreamParams,
+    c_config: controller.ControllerConfig,
+    flat_params: jax.Array,
+    num_rollouts: int,
+    num_steps: int,
+    chunk_size: int | None = None,
+    compact: bool = False,
+    mesh: Mesh | None = None,
+    compact_min_batch: int = 32,
+) -> dream.RolloutResult:
+    """`vmap` over members of `vmap` over rollouts of one dream episode each.
+
+    Rollout (p, r) uses key `split(key, P * R)[p * R + r]`, so splitting the same episodes into
+    other (P, R) shapes gives the same numbers, and so do all three ways of running them:
+    `chunk_size=None` (one full-length scan), `chunk_size` (chunks until every episode is done)
+    and `chunk_size` with `compact` (chunks over the live episodes only, `dream.rollout_batch`).
+
+    Args:
+      flat_params: (P, D) flat controller parameters.
+      mesh: with `compact`, a 1-D "pop" mesh: each device compacts its own share of episodes.
+
+    Returns:
+      RolloutResult with (P, R) fields.
+    """
+    if env.obs_dim != c_config.input_dim:
+        raise ValueError(
+            f"the dream observes {env.obs_dim} features {env.inputs}, the controller expects "
+            f"{c_config.input_dim} {c_config.inputs}"
+        )
+    num_members = flat_params.shape[0]
+    keys = jax.random.split(key, num_members * num_rollouts)
+    unflatten = controller.unflatten_fn(c_config)
+
+    if compact and chunk_size is not None and chunk_size < num_steps:
+
+        def policy_flat(flat, obs):
+            return controller.act(c_config, unflatten(flat), obs)
+
+        def run(keys, episode_params, env_params):
+            return dream.rollout_batch(
+                keys, env, env_params, policy_flat, episode_params, num_steps, chunk_size,
+                compact_min_batch,
+            )
+
+        if mesh is not None:
+            pop = PartitionSpec("pop")
+            run = jax.shard_map(run, mesh=mesh, in_specs=(pop, pop, PartitionSpec()), out_specs=pop)
+        episode_params = jnp.repeat(flat_params, num_rollouts, axis=0)  # (P * R, D)
+        results = run(keys, episode_params, env_params)
+        return jax.tree.map(lambda x: x.reshape(num_members, num_rollouts), results)
+
+    def policy(params, obs):
+        return controller.act(c_config, params, obs)
+
+    def member(member_keys, flat):
+        params = unflatten(flat)
+
+        def one(rollout_key):
+            return dream.rollout(
+                rollout_key, env, env_params, policy, params, num_steps, chunk_size
+            )
+
+        return jax.vmap(one)(member_keys)
+
+    return jax.vmap(member)(keys.reshape(num_members, num_rollouts), flat_params)
+
+
+class DreamEvolver(NamedTuple):
+    """Jitted pieces of dream training (from `make_dream_evolver`)."""
+
+    run: Callable  # run(state, env_params) -> (state, GenerationMetrics of (G,) arrays)
+    evaluate_mean: Callable  # evaluate_mean(state, env_params) -> (eval_rollouts,) returns
+    strategy: CMA_ES
+    es_params: Any
+
+
+def _population_mesh(config: EvolveConfig) -> Mesh | None:
+    if not config.shard_population:
+        return None
+    devices = np.array(jax.local_devices())
+    if config.population_size % devices.size:
+        raise ValueError(
+            f"population_size {config.population_size} is not divisible by the "
+            f"{devices.size} local devices it is sharded over"
+        )
+    return Mesh(devices, ("pop",))
+
+
+@functools.lru_cache(maxsize=8)
+def make_dream_evolver(
+    env: dream.DreamEnv, c_config: controller.ControllerConfig, config: EvolveConfig
+) -> DreamEvolver:
+    """Builds the jitted `run` (several generations in one `lax.scan`) and `evaluate_mean`.
+
+    Cached on its (hashable, static) arguments, so calling `train_in_dream` again, e.g. to
+    resume, reuses the compiled functions.
+    """
+    num_dims = controller.num_params(c_config)
+    strategy, es_params = make_strategy(config, num_dims)
+    mesh = _population_mesh(config)
+
+    def shard(x):
+        # The population axis (first) over the 1-D "pop" mesh; everything else replicated.
+        if mesh is None:
+            return x
+        spec = PartitionSpec("pop", *([None] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    def evaluate(key, env_params, flat_params, num_rollouts):
+        results = evaluate_population_dream(
+            key,
+            env,
+            env_params,
+            c_config,
+            shard(flat_params),
+            num_rollouts,
+            config.max_steps,
+            config.chunk_size,
+            config.compact,
+            mesh,
+            config.compact_min_batch,
+        )
+        return jax.tree.map(shard, results)
+
+    def generation(state: EvolveState, env_params):
+        es_state = state.es_state
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), es_state.generation_counter)
+        key_ask, key_eval, key_tell = jax.random.split(key, 3)
+        population, es_state = strategy.ask(key_ask, es_state, es_params)  # (P, D)
+        returns = evaluate(key_eval, env_params, population, config.rollouts_per_member)
+        mean_returns = jnp.mean(returns.episode_return, axis=1)  # (P,)
+        es_state, _ = strategy.tell(key_tell, population, -mean_returns, es_state, es_params)
+        metrics = GenerationMetrics(
+            generation=es_state.generation_counter,
+            best_return=jnp.max(mean_returns),
+            mean_return=jnp.mean(mean_returns),
+            worst_return=jnp.min(mean_returns),
+            sigma=es_state.std,
+            best_ever_return=-es_state.best_fitness,
+        )
+        return state.replace(es_state=es_state), metrics
+
+    @jax.jit
+    def run(state: EvolveState, env_params: dream.DreamParams):
+        return jax.lax.scan(
+            lambda s, _: generation(s, env_params), state, None, config.generations_per_call
+        )
+
+    num_groups = 1 if mesh is None else mesh.size
+    if config.eval_rollouts % num_groups:
+        raise ValueError(f"eval_rollouts must be divisible by {num_groups} devices")
+
+    @jax.jit
+    def evaluate_mean(state: EvolveState, env_params: dream.DreamParams) -> jax.Array:
+        # Evaluation keys live apart from the generations' (which fold in small counters).
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 2**30)
+        key = jax.random.fold_in(key, state.es_state.generation_counter)
+        flat = jnp.broadcast_to(state.es_state.mean, (num_groups, num_dims))
+        returns = evaluate(key, env_params, flat, config.eval_rollouts // num_groups)
+        return returns.episode_return.reshape(-1)
+
+    return DreamEvolver(run, evaluate_mean, strategy, es_params)
+
+
+def _record_eval(state: EvolveState, eval_returns: np.ndarray) -> tuple[EvolveState, float]:
+    score = float(np.nanmean(eval_returns))
+    if score > float(state.best_eval_return):
+        state = state.replace(
+            best_eval_return=jnp.asarray(score, jnp.float32), best_eval_params=state.es_state.mean
+        )
+    return state, score
+
+
+class _Logger:
+    """JSONL metrics + tqdm bar; on resume, drops log lines past the restored generation."""
+
+    def __init__(self, log_path, start: int, total: int, progress: bool):
+        self.path = Path(log_path) if log_path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            kept = []
+            if self.path.exists():
+                for line in self.path.read_text().splitlines():
+                    if line.strip() and json.loads(line)["generation"] <= start:
+                        kept.append(line)
+            checkpoint.atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+        self.bar = tqdm(total=total, initial=start, disable=not progress, desc="CMA-ES", unit="gen")
+
+    def log(self, rows: list[dict]) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+        last = rows[-1]
+        self.bar.update(len(rows))
+        self.bar.set_postfix(
+            best=f"{last['best_return']:.1f}",
+            mean=f"{last['mean_return']:.1f}",
+            worst=f"{last['worst_return']:.1f}",
+            sigma=f"{last['sigma']:.4f}",
+            s_per_gen=f"{last['seconds_per_generation']:.2f}",
+        )
+
+    def close(self):
+        self.bar.close()
+
+
+def _restore_or(state: EvolveState, checkpoint_dir) -> EvolveState:
+    if checkpoint_dir is None or checkpoint.latest_step(checkpoint_dir) is None:
+        return state
+    return checkpoint.restore(checkpoint_dir, target=state)
+
+
+def _run_loop(
+    state: EvolveState,
+    advance: Callable[[EvolveState], tuple[EvolveState, list[dict]]],
+    evaluate_mean: Callable[[EvolveState], np.ndarray] | None,
+    config: EvolveConfig,
+    num_generations: int,
+    checkpoint_dir,
+    checkpoint_config: dict,
+    log_path,
+    progress: bool,
+) -> EvolveState:
+    """The host loop shared by dream and real training: log, evaluate, checkpoint."""
+    logger = _Logger(log_path, state.generation, num_generations, progress)
+    try:
+        while state.generation < num_generations:
+            start = time.perf_counter()
+            state, rows = advance(state)
+            seconds = (time.perf_counter() - start) / len(rows)
+            for row in rows:
+                row["seconds_per_generation"] = seconds
+            generation = state.generation
+            due = config.eval_every and generation % config.eval_every == 0
+            if evaluate_mean is not None and due:
+                state, score = _record_eval(state, np.asarray(evaluate_mean(state)))
+                rows[-1]["eval_return"] = score
+                rows[-1]["best_eval_return"] = float(state.best_eval_return)
+            logger.log(rows)
+            if (
+                checkpoint_dir is not None
+                and config.checkpoint_every
+                and (generation % config.checkpoint_every == 0 or generation >= num_generations)
+            ):
+                checkpoint.save(
+                    checkpoint_dir,
+                    state,
+                    step=generation,
+                    config=checkpoint_config,
+                    keep=config.keep_checkpoints,
+                )
+    finally:
+        logger.close()
+    return state
+
+
+def _checkpoint_config(kind: str, c_config, config: EvolveConfig, **extra) -> dict:
+    return {
+        "kind": kind,
+        "controller": controller.config_to_dict(c_config),
+        "evolve": dataclasses.asdict(config),
+        **extra,
+    }
+
+
+def train_in_dream(
+    key: jax.Array,
+    env: dream.DreamEnv,
+    env_params: dream.DreamParams,
+    c_config: controller.ControllerConfig,
+    config: EvolveConfig,
+    num_generations: int,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    log_path: str | Path | None = None,
+    progress: bool = True,
+) -> EvolveState:
+    """Evolve C in the dream for `num_generations` (resuming from `checkpoint_dir` if it holds one).
+
+    Returns:
+      The final EvolveState: `.mean` is the CMA-ES mean (the authors' submitted controller),
+      `.best_eval_params` the mean that scored best at an evaluation, `.es_state.best_solution`
+      the best single member.
+    """
+    evolver = make_dream_evolver(env, c_config, config)
+    state = _restore_or(init_state(key, c_config, config), checkpoint_dir)
+    if num_generations % config.generations_per_call:
+        raise ValueError(
+            f"num_generations={num_generations} must be a multiple of generations_per_call="
+            f"{config.generations_per_call}"
+        )
+
+    def advance(state):
+        state, metrics = evolver.run(state, env_params)
+        metrics = jax.device_get(metrics)
+        rows = [
+            {name: _scalar(value[i]) for name, value in metrics._asdict().items()}
+            for i in range(config.generations_per_call)
+        ]
+        return state, rows
+
+    return _run_loop(
+        state,
+        advance,
+        lambda s: evolver.evaluate_mean(s, env_params),
+        config,
+        num_generations,
+        checkpoint_dir,
+        _checkpoint_config("dream", c_config, config, reward=env.reward_kind),
+        log_path,
+        progress,
+    )
+
+
+def _scalar(value) -> float | int:
+    value = np.asarray(value)
+    return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
+
+
+def train_seeds(generation: int, population_size: int, rollouts_per_member: int) -> np.ndarray:
+    """Game seeds of generation g: distinct across members, rollouts and generations.
+
+    Returns:
+      (P, R) int64 seeds in [0, SELECTION_SEED_OFFSET).
+    """
+    per_generation = population_size * rollouts_per_member
+    first = generation * per_generation
+    if first + per_generation > SELECTION_SEED_OFFSET:
+        raise ValueError(f"generation {generation} would reach the evaluation seeds")
+    return (first + np.arange(per_generation)).reshape(population_size, rollouts_per_member)
+
+
+def train_in_real(
+    key: jax.Array,
+    evaluate_fn: Callable[[jax.Array, np.ndarray, np.ndarray], np.ndarray],
+    c_config: controller.ControllerConfig,
+    config: EvolveConfig,
+    num_generations: int,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    log_path: str | Path | None = None,
+    progress: bool = True,
+) -> EvolveState:
+    """Evolve C in the real game, as the paper did for CarRacing.
+
+    Args:
+      evaluate_fn: (key, flat_params (P, D), seeds (P, R)) -> returns (P, R), NaN for lost
+        episodes; usually `functools.partial(real_rollout.evaluate_population_real, pool=...,
+        models=..., c_config=...)` (see `real_rollout.population_evaluator`).
+    """
+    strategy, es_params = make_strategy(config, controller.num_params(c_config))
+    state = _restore_or(init_state(key, c_config, config), checkpoint_dir)
+    num_eval = config.eval_rollouts
+    eval_seeds = SELECTION_SEED_OFFSET + np.arange(num_eval)
+    if config.generations_per_call != 1:
+        config = dataclasses.replace(config, generations_per_call=1)
+
+    def advance(state):
+        es_state = state.es_state
+        generation = int(es_state.generation_counter)
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), generation)
+        key_ask, key_eval, key_tell = jax.random.split(key, 3)
+        population, es_state = strategy.ask(key_ask, es_state, es_params)
+        seeds = train_seeds(generation, config.population_size, config.rollouts_per_member)
+        returns = np.asarray(evaluate_fn(key_eval, np.asarray(population), seeds), np.float32)
+        mean_returns = np.nanmean(returns, axis=1)  # all-NaN members rank last in evosax
+        es_state, _ = strategy.tell(
+            key_tell, population, -jnp.asarray(mean_returns), es_state, es_params
+        )
+        row = {
+            "generation": int(es_state.generation_counter),
+            "best_return": float(np.nanmax(mean_returns)),
+            "mean_return": float(np.nanmean(mean_returns)),
+            "worst_return": float(np.nanmin(mean_returns)),
+            "sigma": float(es_state.std),
+            "best_ever_return": float(-es_state.best_fitness),
+            "lost_episodes": int(np.isnan(returns).sum()),
+        }
+        return state.replace(es_state=es_state), [row]
+
+    def evaluate_mean(state):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 2**30)
+        flat = np.asarray(state.es_state.mean)[None]
+        return evaluate_fn(key, flat, eval_seeds[None]).reshape(-1)
+
+    return _run_loop(
+        state,
+        advance,
+        evaluate_mean,
+        config,
+        num_generations,
+        checkpoint_dir,
+        _checkpoint_config("real", c_config, config),
+        log_path,
+        progress,
+    )

@@ -1,0 +1,269 @@
+"""The host bridge to the real games: worker processes play, the accelerator thinks.
+
+Each worker process holds one `RealEnv` (`wm_jax.envs.make_env`) and only runs the game. Every
+frame, the frames of all workers go through V → C → M in one jitted call with a fixed batch (one
+slot per worker), so the network work is batched on the accelerator and the CPUs only run games
+(the paper's CarRacing training ran all of this on 64 CPU cores instead). A worker that crashes
+or hangs costs its current episode (NaN return), not the run: it is restarted and the slot goes
+on with the next episode.
+
+Per frame, as in the authors' code (carracing/model.py): z ~ N(μ, σ²) from V's encoding of the
+frame, a = C([z, h]) on M's state *before* the step, then M consumes [z, a] (Doom: and the
+restart flag) to update its state. Episode e's randomness is `fold_in(key, e)`, so results do
+not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from wm_jax import controller, mdn_rnn, vae
+from wm_jax.env_pool import EnvPool, WorkerError
+
+__all__ = [
+    "EnvPool",
+    "EpisodeResults",
+    "RealModels",
+    "WorkerError",
+    "evaluate_population_real",
+    "make_policy_step",
+    "population_evaluator",
+]
+
+
+class RealModels(NamedTuple):
+    """The trained V and M through which a controller sees a real game."""
+
+    vae_params: Any
+    m_config: mdn_rnn.MDNRNNConfig | None = None  # None for V-only controllers
+    m_params: Any = None
+
+
+class EpisodeResults(NamedTuple):
+    returns: np.ndarray  # (P, R) float32, NaN where an episode was lost to a worker failure
+    lengths: np.ndarray  # (P, R) int64 frames played
+
+
+def make_policy_step(
+    c_config: controller.ControllerConfig,
+    m_config: mdn_rnn.MDNRNNConfig | None,
+    sample_z: bool = True,
+) -> Callable:
+    """The batched V → C → M step for all worker slots, jitted.
+
+    Returns:
+      policy_step(key, vae_params, m_params, flat_params (W, D), memory (LSTMState (W, H) or
+      None), frames (W, 64, 64, 3) uint8, restart (W,) bool, episode_ids (W,), steps (W,))
+      -> (actions (W, A), memory).
+    """
+    if c_config.uses_memory and m_config is None:
+        raise ValueError(f"controller inputs {c_config.inputs} need M: pass m_config and m_params")
+    if c_config.uses_memory and (
+        m_config.latent_dim != c_config.latent_dim
+        or m_config.hidden_size != c_config.hidden_size
+        or m_config.action_dim != c_config.action_dim
+    ):
+        raise ValueError(f"controller {c_config} does not match M {m_config}")
+    unflatten = controller.unflatten_fn(c_config)
+
+    @jax.jit
+    def policy_step(
+        key, vae_params, m_params, flat_params, memory, frames, restart, episode_ids, steps
+    ):
+        mu, logvar = vae.encode(vae_params, vae.frames_to_float(frames))
+        if sample_z:  # the authors' code samples z from V's posterior in the real game too
+            keys = jax.vmap(lambda e, t: jax.random.fold_in(jax.random.fold_in(key, e), t))(
+                episode_ids, steps
+            )
+            noise = jax.vmap(lambda k: jax.random.normal(k, mu.shape[-1:]))(keys)
+            z = mu + jnp.exp(logvar / 2) * noise
+        else:
+            z = mu
+        if c_config.uses_memory:
+            memory = jax.tree.map(lambda x: jnp.where(restart[:, None], 0.0, x), memory)
+        inputs = controller.features(c_config, z, memory)
+        actions = jax.vmap(lambda flat, x: controller.act(c_config, unflatten(flat), x))(
+            flat_params, inputs
+        )
+        if c_config.uses_memory:
+            flag = restart if m_config.use_restart else None
+            memory, _ = mdn_rnn.forward_step(m_config, m_params, memory, z, actions, flag)
+        return actions, memory
+
+    return policy_step
+
+
+def evaluate_population_real(
+    key: jax.Array,
+    pool: EnvPool,
+    models: RealModels,
+    c_config: controller.ControllerConfig,
+    flat_params: np.ndarray,
+    rollouts_per_member: int,
+    seeds: np.ndarray | None = None,
+    *,
+    max_steps: int | None = None,
+    sample_z: bool = True,
+    progress: bool = False,
+    max_lost_fraction: float = 0.1,
+) -> EpisodeResults:
+    """Play `rollouts_per_member` real episodes for every member, all workers at once.
+
+    Args:
+      flat_params: (P, D) flat controller parameters.
+      seeds: (P, R) game seeds (default: p * R + r).
+      max_steps: optional cap below the game's own.
+      max_lost_fraction: raise if more episodes than this are lost (a systematic failure).
+
+    Returns:
+      EpisodeResults with (P, R) returns (NaN where lost) and lengths.
+    """
+    flat_params = np.asarray(flat_params, np.float32)
+    num_members = flat_params.shape[0]
+    num_episodes = num_members * rollouts_per_member
+    if seeds is None:
+        seeds = np.arange(num_episodes).reshape(num_members, rollouts_per_member)
+    seeds = np.asarray(seeds).reshape(-1)
+    if seeds.size != num_episodes:
+        raise ValueError(f"seeds must be ({num_members}, {rollouts_per_member})")
+    if pool.action_dim != c_config.action_dim:
+        raise ValueError(
+            f"game {pool.name} takes {pool.action_dim} actions, controller gives "
+            f"{c_config.action_dim}"
+        )
+    policy_step = _cached_policy_step(c_config, models.m_config, sample_z)
+    num_slots = pool.num_workers
+    cap = pool.max_steps if max_steps is None else min(max_steps, pool.max_steps)
+
+    returns = np.full(num_episodes, np.nan, np.float32)
+    lengths = np.zeros(num_episodes, np.int64)
+    slot_episode = np.full(num_slots, -1)
+    slot_return = np.zeros(num_slots, np.float64)
+    slot_steps = np.zeros(num_slots, np.int64)
+    frames = np.zeros((num_slots, 64, 64, 3), np.uint8)
+    restart = np.ones(num_slots, bool)
+    memory = None
+    if c_config.uses_memory:
+        memory = mdn_rnn.initial_state(models.m_config, (num_slots,))
+    next_episode = 0
+    lost = 0
+    bar = tqdm(total=num_episodes, disable=not progress, desc=f"{pool.name} episodes")
+
+    def lose(slot, err):
+        nonlocal lost
+        lost += 1
+        warnings.warn(f"episode {slot_episode[slot]} lost: {err}", RuntimeWarning, stacklevel=3)
+        if lost > max(1, int(max_lost_fraction * num_episodes)):
+            raise WorkerError(f"{lost} of {num_episodes} episodes lost; last: {err}") from err
+        slot_episode[slot] = -1
+        bar.update(1)
+        pool.restart(slot)
+
+    def start(slots):
+        # Reset every free slot with the next episode: send all, then receive (games reset in
+        # parallel). A slot whose reset fails loses that episode and tries the next one.
+        nonlocal next_episode
+        pending = list(slots)
+        while pending:
+            sent, retry = [], []
+            for slot in pending:
+                if next_episode >= num_episodes:
+                    slot_episode[slot] = -1
+                    continue
+                slot_episode[slot] = next_episode
+                next_episode += 1
+                try:
+                    pool.send(slot, "reset", int(seeds[slot_episode[slot]]))
+                    sent.append(slot)
+                except WorkerError as err:
+                    lose(slot, err)
+                    retry.append(slot)
+            for slot in sent:
+                try:
+                    frames[slot] = pool.recv(slot)
+                except WorkerError as err:
+                    lose(slot, err)
+                    retry.append(slot)
+                    continue
+                slot_return[slot], slot_steps[slot], restart[slot] = 0.0, 0, True
+            pending = retry
+
+    try:
+        start(range(num_slots))
+        while (slot_episode >= 0).any():
+            active = np.flatnonzero(slot_episode >= 0)
+            members = np.maximum(slot_episode, 0) // rollouts_per_member
+            actions, memory = policy_step(
+                key,
+                models.vae_params,
+                models.m_params,
+                flat_params[members],
+                memory,
+                frames,
+                restart,
+                np.maximum(slot_episode, 0),
+                slot_steps,
+            )
+            actions = np.asarray(actions)
+            restart[:] = False
+            stepped = []
+            for slot in active:
+                try:
+                    pool.send(slot, "step", actions[slot])
+                    stepped.append(slot)
+                except WorkerError as err:
+                    lose(slot, err)
+            finished = [slot for slot in active if slot_episode[slot] < 0]
+            for slot in stepped:
+                try:
+                    frame, reward, terminated, truncated = pool.recv(slot)
+                except WorkerError as err:
+                    lose(slot, err)
+                    finished.append(slot)
+                    continue
+                frames[slot] = frame
+                slot_return[slot] += reward
+                slot_steps[slot] += 1
+                if terminated or truncated or slot_steps[slot] >= cap:
+                    episode = slot_episode[slot]
+                    returns[episode], lengths[episode] = slot_return[slot], slot_steps[slot]
+                    bar.update(1)
+                    finished.append(slot)
+            start(finished)
+    finally:
+        bar.close()
+    shape = (num_members, rollouts_per_member)
+    return EpisodeResults(returns.reshape(shape), lengths.reshape(shape))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_policy_step(c_config, m_config, sample_z):
+    # One jitted function per (controller, M) config, so repeated generations never retrace.
+    return make_policy_step(c_config, m_config, sample_z)
+
+
+def population_evaluator(
+    pool: EnvPool,
+    models: RealModels,
+    c_config: controller.ControllerConfig,
+    **kwargs,
+) -> Callable[[jax.Array, np.ndarray, np.ndarray], np.ndarray]:
+    """`evaluate_fn(key, flat_params (P, D), seeds (P, R)) -> returns (P, R)` for
+    `wm_jax.evolve.train_in_real`."""
+
+    def evaluate_fn(key, flat_params, seeds):
+        seeds = np.asarray(seeds)
+        results = evaluate_population_real(
+            key, pool, models, c_config, flat_params, seeds.shape[1], seeds, **kwargs
+        )
+        return results.returns
+
+    return evaluate_fn

@@ -1,0 +1,233 @@
+"""Episode store (atomic files, manifest, corruption) and the V / M loaders."""
+
+import json
+import os
+import tracemalloc
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+from wm_jax import vae
+from wm_jax.data import (
+    CorruptEpisodeError,
+    EncodedEpisode,
+    Episode,
+    EpisodeStore,
+    encode_store,
+    frame_batches,
+    sequence_batches,
+    write_episode_file,
+)
+from wm_jax.data.loaders import FRAME_BYTES
+
+
+def make_episode(index: int, length: int, done: bool = True) -> Episode:
+    """Frame t of episode i is the constant image (i, t % 256, t // 256): identifiable."""
+    frames = np.zeros((length, 64, 64, 3), np.uint8)
+    frames[..., 0] = index
+    frames[..., 1] = (np.arange(length) % 256)[:, None, None]
+    frames[..., 2] = (np.arange(length) // 256)[:, None, None]
+    actions = np.stack([np.full(length, index), np.arange(length)], -1).astype(np.float32)
+    dones = np.zeros(length, bool)
+    dones[-1] = done
+    return Episode(frames, actions, np.ones(length, np.float32), dones)
+
+
+def frame_ids(frames: np.ndarray) -> list[tuple[int, int]]:
+    pixel = frames[:, 0, 0].astype(int)
+    return list(zip(pixel[:, 0], pixel[:, 1] + 256 * pixel[:, 2], strict=True))
+
+
+def make_store(root, lengths) -> EpisodeStore:
+    store = EpisodeStore(root)
+    for index, length in enumerate(lengths):
+        store.write(index, make_episode(index, length), flush=False)
+    store.flush()
+    return store
+
+
+def test_round_trip_manifest_and_determinism(tmp_path):
+    store = make_store(tmp_path / "a", [3, 5])
+    episode = store.read(1)
+    for got, want in zip(episode, make_episode(1, 5), strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert (manifest["num_episodes"], manifest["num_frames"]) == (2, 8)
+    assert manifest["episodes"]["1"]["file"] == "episode_000001.npz"
+    assert len(store) == 2 and store.has(0) and 1 in store and not store.has(2)
+    assert sorted(os.listdir(tmp_path / "a")) == [
+        "episode_000000.npz",
+        "episode_000001.npz",
+        "manifest.json",
+    ]  # no temp files left
+    other = make_store(tmp_path / "b", [3, 5])  # same data, same bytes
+    assert other.path(1).read_bytes() == store.path(1).read_bytes()
+    with np.load(store.path(0)) as npz:
+        assert sorted(npz.files) == ["actions", "dones", "frames", "rewards"]
+
+
+def test_write_rejects_bad_episodes(tmp_path):
+    store = EpisodeStore(tmp_path)
+    good = make_episode(0, 4)
+    with pytest.raises(ValueError, match="frames is float32"):
+        store.write(0, good._replace(frames=good.frames.astype(np.float32)))
+    with pytest.raises(ValueError, match="rewards has shape"):
+        store.write(0, good._replace(rewards=good.rewards[:3]))
+    with pytest.raises(ValueError, match="64, 64, 3"):
+        store.write(0, good._replace(frames=good.frames[:, :32]))
+    assert len(store) == 0 and os.listdir(tmp_path) == []
+
+
+def test_manifest_rebuilt_from_files(tmp_path):
+    store = make_store(tmp_path, [3, 5])
+    write_episode_file(tmp_path, 7, make_episode(7, 2))  # as a collection worker does
+    store.mark_skipped(4, "too short", frames=12)
+    (tmp_path / "manifest.json").unlink()
+    rebuilt = EpisodeStore(tmp_path)
+    assert rebuilt.indices() == [0, 1, 7] and rebuilt.total_frames == 10
+    assert rebuilt.finished(4) and not rebuilt.has(4) and rebuilt.skipped()[4]["frames"] == 12
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="rebuilding"):
+        assert EpisodeStore(tmp_path).indices() == [0, 1, 7]
+    store.path(0).unlink()
+    assert EpisodeStore(tmp_path).indices() == [1, 7]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_file_skipped_or_raised(tmp_path, damage):
+    make_store(tmp_path, [4, 4, 4])
+    path = tmp_path / "episode_000001.npz"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(data[:200] + bytes([data[200] ^ 1]) + data[201:])
+    store = EpisodeStore(tmp_path)
+    with pytest.raises(CorruptEpisodeError, match="episode_000001.npz"):
+        store.read(1)
+    with pytest.warns(UserWarning, match="episode_000001.npz"):
+        assert [index for index, _ in store.episodes()] == [0, 2]
+    with pytest.warns(UserWarning, match="episode_000001.npz"):
+        batches = list(frame_batches(0, EpisodeStore(tmp_path), 4, 100 * FRAME_BYTES))
+    assert {i for batch in batches for i, _ in frame_ids(batch)} == {0, 2}
+    strict = EpisodeStore(tmp_path, strict=True)
+    with pytest.raises(CorruptEpisodeError, match="episode_000001.npz"):
+        list(strict.episodes())
+    # A damaged file the manifest does not know yet is caught when the store opens.
+    (tmp_path / "manifest.json").unlink()
+    if damage == "truncate":
+        with pytest.warns(UserWarning, match="episode_000001.npz"):
+            assert EpisodeStore(tmp_path).indices() == [0, 2]
+        with pytest.raises(CorruptEpisodeError, match="episode_000001.npz"):
+            EpisodeStore(tmp_path, strict=True)
+
+
+def test_frame_batches_shuffle_cover_and_repeat(tmp_path):
+    store = make_store(tmp_path, [30, 40, 50, 20, 10, 25])
+    budget = 80 * FRAME_BYTES
+    batches = list(frame_batches(3, store, 16, budget, num_epochs=2))
+    assert all(b.shape == (16, 64, 64, 3) and b.dtype == np.uint8 for b in batches)
+    assert len(batches) == (175 * 2) // 16
+    seen = [fid for batch in batches for fid in frame_ids(batch)]
+    all_ids = {(i, t) for i, n in enumerate([30, 40, 50, 20, 10, 25]) for t in range(n)}
+    assert set(seen) == all_ids  # every frame, nothing else
+    assert max(seen.count(fid) for fid in all_ids) == 2
+    mixed = [len({i for i, _ in frame_ids(batch)}) > 1 for batch in batches]
+    assert np.mean(mixed) > 0.8  # shuffled across the episodes in the pool
+    again = list(frame_batches(3, store, 16, budget, num_epochs=2))
+    np.testing.assert_array_equal(np.stack(again), np.stack(batches))  # seeded
+    key = jax.random.key(3)
+    other = next(frame_batches(key, store, 16, budget))
+    assert not np.array_equal(other, batches[0])
+    with pytest.raises(ValueError, match="too small"):
+        next(frame_batches(0, store, 16, 60 * FRAME_BYTES))
+
+
+def test_frame_batches_memory_is_bounded(tmp_path):
+    store = make_store(tmp_path, [100] * 12)  # 1,200 frames, 14.7 MB decoded
+    budget = 250 * FRAME_BYTES  # 3.1 MB
+    longest_episode = 100 * FRAME_BYTES
+    batches = frame_batches(0, store, 32, budget, num_epochs=1)
+    tracemalloc.start()
+    count = 0
+    for batch in batches:
+        count += len(batch)
+        del batch
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 1200 // 32 * 32
+    # The pool, one decoded episode (plus its compressed bytes) and a batch, and no more.
+    assert peak < budget + 2 * longest_episode + 32 * FRAME_BYTES + 2**20, peak / 2**20
+
+
+def make_encoded(index: int, length: int, latent_dim: int = 3) -> EncodedEpisode:
+    """mu[t] = 1000 i + t in every dim: windows can be traced back to their episode and step."""
+    steps = 1000.0 * index + np.arange(length, dtype=np.float32)
+    mu = np.repeat(steps[:, None], latent_dim, 1)
+    actions = np.stack([steps, -steps], -1)
+    dones = np.zeros(length, bool)
+    dones[-1] = True
+    return EncodedEpisode(mu, mu - 0.5, actions, steps.copy(), dones)
+
+
+def test_sequence_batches_windows_padding_and_masks(tmp_path):
+    lengths = [5, 12, 30]
+    store = EpisodeStore(tmp_path)
+    for index, length in enumerate(lengths):
+        store.write(index, make_encoded(index + 1, length))
+    seq_len = 10
+    batches = list(sequence_batches(0, store, 64, seq_len, num_batches=5))
+    batch = batches[0]
+    assert batch.mu.shape == batch.logvar.shape == (64, seq_len + 1, 3)
+    assert batch.actions.shape == (64, seq_len, 2)
+    assert batch.restarts.shape == batch.dones.shape == batch.mask.shape == (64, seq_len)
+    assert batch.mask.dtype == bool and batch.rewards.dtype == np.float32
+    starts_seen = set()
+    for batch in batches:
+        for row in range(64):
+            episode, start = divmod(int(batch.mu[row, 0, 0]), 1000)
+            length = lengths[episode - 1]
+            starts_seen.add((episode, start))
+            steps, latents = min(seq_len, length - start), min(seq_len + 1, length - start)
+            first = 1000.0 * episode + start
+            np.testing.assert_array_equal(batch.actions[row, :steps, 0], first + np.arange(steps))
+            np.testing.assert_array_equal(batch.rewards[row, :steps], first + np.arange(steps))
+            np.testing.assert_array_equal(batch.mu[row, :latents, 0], first + np.arange(latents))
+            np.testing.assert_array_equal(batch.mask[row], np.arange(seq_len) < latents - 1)
+            assert batch.restarts[row, 0] == (start == 0) and not batch.restarts[row, 1:].any()
+            assert batch.dones[row].any() == (start + seq_len >= length)  # the last action's
+            assert (batch.actions[row, steps:] == 0).all() and (batch.mu[row, latents:] == 0).all()
+    assert (1, 0) in starts_seen and (3, 20) in starts_seen  # short episode; window at the end
+
+
+def random_vae_params(seed: int, latent_dim: int = 4):
+    """V's parameter tree filled with noise: init_params compiles for tens of seconds on CPU."""
+    config = vae.VAEConfig(latent_dim=latent_dim)
+    shapes = jax.eval_shape(lambda key: vae.init_params(key, config), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+
+
+def test_encode_store_matches_vae_and_resumes(tmp_path):
+    store = make_store(tmp_path / "frames", [5, 11])
+    params = random_vae_params(0)
+    out = EpisodeStore(tmp_path / "encoded")
+    summary = encode_store(params, store, out, batch_size=8, progress=False)
+    assert (summary["encoded"], summary["frames"]) == (2, 16)
+    encoded = out.read(1)
+    assert encoded.mu.shape == encoded.logvar.shape == (11, 4) and encoded.mu.dtype == np.float32
+    mu, logvar = jax.jit(vae.encode)(params, vae.frames_to_float(store.read(1).frames))
+    np.testing.assert_allclose(encoded.mu, mu, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(encoded.logvar, logvar, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(encoded.actions, store.read(1).actions)
+    again = encode_store(params, store, EpisodeStore(tmp_path / "encoded"), progress=False)
+    assert (again["encoded"], again["already_done"]) == (0, 2)
+    other = random_vae_params(1)
+    with pytest.raises(ValueError, match="other VAE parameters"):
+        encode_store(other, store, out, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert next(sequence_batches(0, out, 2, 4)).mu.shape == (2, 5, 4)
