@@ -171,7 +171,15 @@ def evaluate_population_dream(
 
         if mesh is not None:
             pop = PartitionSpec("pop")
-            run = jax.shard_map(run, mesh=mesh, in_specs=(pop, pop, PartitionSpec()), out_specs=pop)
+            # Each device loops over its own episodes; check_vma off because the initial LSTM
+            # state is device-invariant zeros while later states vary per device.
+            run = jax.shard_map(
+                run,
+                mesh=mesh,
+                in_specs=(pop, pop, PartitionSpec()),
+                out_specs=pop,
+                check_vma=False,
+            )
         episode_params = jnp.repeat(flat_params, num_rollouts, axis=0)  # (P * R, D)
         results = run(keys, episode_params, env_params)
         return jax.tree.map(lambda x: x.reshape(num_members, num_rollouts), results)

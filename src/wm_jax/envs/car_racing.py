@@ -31,7 +31,8 @@ class CarRacingEnv:
     """CarRacing with 64x64 frames and controller-space actions.
 
     Args:
-        renderer: "stock" (gymnasium's CarRacing) or "fast" (`FastCarRacing`, pixel-identical).
+        renderer: "fast" (default: `FastCarRacing`, pixel-identical to gymnasium's and about
+            3x faster) or "stock" (gymnasium's own CarRacing).
         full_episode: ignore the game's own termination (lap done, left the playfield) and run
             to `max_steps`, as the World Models code does when it collects rollouts.
         max_steps: episode cap (truncated=True at this step).
@@ -42,7 +43,7 @@ class CarRacingEnv:
 
     def __init__(
         self,
-        renderer: str = "stock",
+        renderer: str = "fast",
         full_episode: bool = False,
         max_steps: int | None = None,
         **game_kwargs,
@@ -96,12 +97,12 @@ class RandomWalkPolicy:
 
     Why not the World Models code's random linear controller: on the frames of an untrained V
     its output is nearly constant, so the car drives straight off the road at the first bend.
-    A pure walk is no better: measured on 64x64 frames, the car is on the road in 0-10% of
-    frames after the opening zoom. So each episode draws a `road_pull` in [0, 1] that mixes a
-    steer towards the grey road seen ahead into the walk (0: the pure walk, which leaves the road
-    at once; 1: follows it for a while and drifts off under the noise), plus its own steering
-    noise and gas level; together the data holds road driving, bends, drifting off, grass and
-    finding the road again (about a third of the frames on the road).
+    A pure walk is no better: the car is on the road in 0-10% of the frames after the opening
+    zoom. So each episode draws a `road_pull` in [0, 1] that mixes a steer towards the grey road
+    seen ahead into the walk (0: the pure walk, which leaves the road at once; 1: follows it for
+    a while and drifts off under the noise), plus its own steering noise and gas level. The data
+    then holds road driving, bends, drifting off, grass and finding the road again: measured on
+    8 episodes of 500 frames, 41% of the frames after the zoom show the car on the road.
     """
 
     def __init__(self, spec: GameSpec, seed: int):

@@ -4,7 +4,8 @@
 
 Episode i's game seed and policy seed derive from (seed, i) only, so the data does not depend on
 the number of workers or shards. Each worker process owns one game; a worker that raises loses
-its episode (logged, retried on the next run) and one that dies is replaced.
+its episode (logged, retried on the next run) and is replaced by a fresh process, as is one
+that dies.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def _worker(
                             write_episode_file(out_dir, index, episode, compresslevel),
                         )
                     )
-            except Exception:
+            except Exception:  # the game may be broken now: exit and be replaced by a fresh one
                 conn.send(("error", index, traceback.format_exc()))
+                break
     finally:
         env.close()
 
@@ -243,11 +245,13 @@ class _Run:
         elif kind == "error":
             summary["failed"].append(index)
             log.error("episode %d failed:\n%s", index, payload)
+            worker.index = None  # it exits now; replace() starts another
         if kind != "ready":
             worker.results += 1
             self.failed_starts = 0
             self.advance()
-        self.dispatch(worker)
+        if kind != "error":
+            self.dispatch(worker)
 
     def replace(self, worker: _Worker, args) -> None:
         """A worker died: its episode is lost (retried on the next run); start another."""
