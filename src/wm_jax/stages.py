@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,8 +50,9 @@ def _workers(requested: int) -> int:
 
 
 def _stage_key(config: ExperimentConfig, stage: str) -> jax.Array:
-    """One independent key per stage, from the experiment seed."""
-    return jax.random.fold_in(jax.random.key(config.seed), hash(stage) % 2**31)
+    """One independent key per stage, from the experiment seed (the same in every process:
+    `hash(str)` is salted per process, crc32 is not)."""
+    return jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(stage.encode()) % 2**31)
 
 
 # -------------------------------------------------------------------------------------------
