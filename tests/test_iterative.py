@@ -124,9 +124,8 @@ def test_refuses_a_run_whose_controller_was_trained_in_the_real_game(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def iterated(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("iterative") / "run"
-    experiment.run("doom_take_cover", "smoke", run_dir, progress=False)
+def iterated(doom_smoke_run):
+    run_dir = doom_smoke_run
     rows = iterative.run(run_dir, iterations=1, episodes=2, noise=0.1, progress=False)
     return run_dir, rows
 

@@ -10,11 +10,14 @@ Z = 32 for CarRacing and 64 for Doom; z = mu + exp(logvar / 2) * eps is decoded 
 
 The parameters are a flax.linen pytree ``{"encoder": ..., "decoder": ...}`` laid out exactly as
 ``nn.Conv`` / ``nn.ConvTranspose`` / ``nn.Dense`` would lay them out (4,348,547 parameters for
-Z = 32, 4,446,915 for Z = 64). XLA's CPU backend is slow at strided and transposed convolutions
-(they lower to dilated convolutions), so by default (``impl="fast"``) the same layers are computed
-as stride-1 convolutions: space-to-depth for the encoder and four output phases for the decoder.
-``impl="flax"`` uses ``nn.Conv`` / ``nn.ConvTranspose`` themselves; both give the same numbers and
-share one parameter layout.
+Z = 32, 4,446,915 for Z = 64). XLA:CPU is slow at transposed convolutions, at the input
+gradients of strided ones (both lower to lhs-dilated convolutions) and slower still at their kernel
+gradients, so by default (``impl="fast"``) the stride-2 layers are `conv_stride2` and
+`conv_transpose_stride2`: stride-1 convolutions (space-to-depth for the encoder, four output
+phases for the decoder) with custom VJPs whose kernel gradients are matmuls. That trains about
+3.5x faster on CPU (``benchmarks/vae_decoder_profile.py``). ``impl="flax"`` uses ``nn.Conv`` /
+``nn.ConvTranspose`` themselves; both compute the same function on the same parameters (use it
+for forward-mode autodiff, which custom VJPs do not support).
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from wm_jax.strided_conv import Conv4Stride2, ConvTransposeStride2
+
 Params = Any  # flax linen params pytree: {"encoder": {...}, "decoder": {...}}
 Impl = Literal["fast", "flax"]
 
 FRAME_SHAPE = (64, 64, 3)
-_DIMS = ("NHWC", "HWIO", "NHWC")
 # World Models, Appendix: encoder filters (kernel 4, stride 2) and decoder (filters, kernel).
 ENCODER_FILTERS = (32, 64, 128, 256)
 DECODER_LAYERS = ((128, 5), (64, 5), (32, 6), (3, 6))
@@ -60,154 +64,6 @@ class VAETrainConfig:
 
 CAR_RACING = VAEConfig(32)
 DOOM = VAEConfig(64)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fast stride-2 layers (same parameters, same numbers as nn.Conv / nn.ConvTranspose).
-
-
-def _conv_stride2_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID", dimension_numbers=_DIMS)
-
-
-def _conv_stride2_s2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    # Space-to-depth: with k = 2a + b, y[o] = sum_k x[2o + k] K[k] = sum_a xs[o + a, b] K[2a + b]
-    # where xs holds 2x2 pixel blocks as channels: a stride-1 convolution, (k/2, k/2) kernel.
-    k_h, k_w, c_in, c_out = kernel.shape
-    batch, height, width, _ = x.shape
-    out_h, out_w = (height - k_h) // 2 + 1, (width - k_w) // 2 + 1
-    # Rows past the last window are never read (VALID), so crop to an even size.
-    used_h, used_w = 2 * out_h + k_h - 2, 2 * out_w + k_w - 2
-    x = x[:, :used_h, :used_w, :]
-    x = x.reshape(batch, used_h // 2, 2, used_w // 2, 2, c_in)
-    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, used_h // 2, used_w // 2, 4 * c_in)
-    kernel = kernel.reshape(k_h // 2, 2, k_w // 2, 2, c_in, c_out)
-    kernel = kernel.transpose(0, 2, 1, 3, 4, 5).reshape(k_h // 2, k_w // 2, 4 * c_in, c_out)
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DIMS)
-
-
-@jax.custom_vjp
-def conv_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``lax.conv_general_dilated(x, kernel, (2, 2), "VALID")``, faster on XLA:CPU.
-
-    The forward pass and the input gradient are stride-1 convolutions after space-to-depth
-    (XLA lowers the input gradient of a strided convolution to a slow lhs-dilated one); the
-    kernel gradient is XLA's own, which is fast for this op.
-
-    Args:
-      x: (B, H, W, C) input.
-      kernel: (k, k, C, O) with k even, ``nn.Conv`` layout.
-
-    Returns:
-      (B, (H - k) // 2 + 1, (W - k) // 2 + 1, O).
-    """
-    return _conv_stride2_s2d(x, kernel)
-
-
-def _conv_stride2_fwd(x, kernel):
-    return _conv_stride2_s2d(x, kernel), (x, kernel)
-
-
-def _conv_stride2_bwd(residuals, grad):
-    x, kernel = residuals
-    (grad_x,) = jax.vjp(lambda x: _conv_stride2_s2d(x, kernel), x)[1](grad)
-    (grad_kernel,) = jax.vjp(lambda kernel: _conv_stride2_native(x, kernel), kernel)[1](grad)
-    return grad_x, grad_kernel
-
-
-conv_stride2.defvjp(_conv_stride2_fwd, _conv_stride2_bwd)
-
-
-def _conv_transpose_stride2_phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    # flax's lax.conv_transpose (transpose_kernel=False) scatters input pixel i into output rows
-    # 2i + k - 1 - j with tap j. Output row o = 2m + r (phase r) sees every other tap only, so
-    # each of the four (row, column) phases is a stride-1 convolution of the undilated input
-    # with a ceil(k/2)-tap sub-kernel. They run as one convolution with 4 * O output channels,
-    # interleaved by a reshape and cropped to the VALID size 2 (n - 1) + k.
-    k_h, k_w, c_in, c_out = kernel.shape
-    batch, height, width, _ = x.shape
-    out_h, out_w = 2 * (height - 1) + k_h, 2 * (width - 1) + k_w
-    if height == 1 and width == 1:  # the decoder's first layer: a matmul
-        return jnp.einsum("bc,hwco->bhwo", x[:, 0, 0, :], kernel[::-1, ::-1])
-    half_h, half_w = math.ceil(k_h / 2), math.ceil(k_w / 2)
-    # Pad an odd kernel with a zero tap in front; then phase r uses taps kp[2u + 1 - r], u < half.
-    kernel = jnp.pad(kernel, ((2 * half_h - k_h, 0), (2 * half_w - k_w, 0), (0, 0), (0, 0)))
-    kernel = kernel.reshape(half_h, 2, half_w, 2, c_in, c_out)[:, ::-1, :, ::-1]  # [u, r, v, s]
-    kernel = kernel.transpose(0, 2, 4, 1, 3, 5).reshape(half_h, half_w, c_in, 4 * c_out)
-    padding = ((half_h - 1, half_h - 1), (half_w - 1, half_w - 1))
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMS)
-    _, phase_h, phase_w, _ = y.shape
-    y = y.reshape(batch, phase_h, phase_w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)
-    y = y.reshape(batch, 2 * phase_h, 2 * phase_w, c_out)
-    return y[:, :out_h, :out_w, :]
-
-
-@jax.custom_vjp
-def conv_transpose_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``lax.conv_transpose(x, kernel, (2, 2), "VALID")`` (flax's convention), faster on XLA:CPU.
-
-    XLA:CPU runs this op as a slow lhs-dilated convolution and its kernel gradient slower
-    still. Here the forward pass (and so the input gradient) is four stride-1 phase
-    convolutions of the undilated input, and the kernel gradient one matmul of the input with
-    the output-gradient taps ``dK[j] = sum_i x[i] g[2i + k - 1 - j]``.
-
-    Args:
-      x: (B, H, W, C) input.
-      kernel: (k, k, C, O), ``nn.ConvTranspose`` layout (``transpose_kernel=False``).
-
-    Returns:
-      (B, 2 (H - 1) + k, 2 (W - 1) + k, O).
-    """
-    return _conv_transpose_stride2_phases(x, kernel)
-
-
-def _conv_transpose_stride2_fwd(x, kernel):
-    return _conv_transpose_stride2_phases(x, kernel), (x, kernel)
-
-
-def _conv_transpose_stride2_bwd(residuals, grad):
-    x, kernel = residuals
-    (grad_x,) = jax.vjp(lambda x: _conv_transpose_stride2_phases(x, kernel), x)[1](grad)
-    k_h, k_w, c_in, c_out = kernel.shape
-    _, height, width, _ = x.shape
-    taps = [  # (B, H, W, O) each: grad[2i + k - 1 - j] for tap j, input pixel i
-        grad[:, k_h - 1 - p :: 2, k_w - 1 - q :: 2, :][:, :height, :width, :]
-        for p in range(k_h)
-        for q in range(k_w)
-    ]
-    taps = jnp.stack(taps, axis=3)  # (B, H, W, k * k, O)
-    grad_kernel = jnp.einsum("bhwc,bhwto->tco", x, taps).reshape(k_h, k_w, c_in, c_out)
-    return grad_x, grad_kernel
-
-
-conv_transpose_stride2.defvjp(_conv_transpose_stride2_fwd, _conv_transpose_stride2_bwd)
-
-
-class Conv4Stride2(nn.Module):
-    """``nn.Conv(features, (4, 4), (2, 2), "VALID")`` computed by `conv_stride2`."""
-
-    features: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (4, 4, x.shape[-1], self.features)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv_stride2(x, kernel) + bias
-
-
-class ConvTransposeStride2(nn.Module):
-    """``nn.ConvTranspose(features, (k, k), (2, 2), "VALID")`` by `conv_transpose_stride2`."""
-
-    features: int
-    kernel_size: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv_transpose_stride2(x, kernel) + bias
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,21 +118,46 @@ def latent_dim_of(params: Params) -> int:
 
 def init_params(key: jax.Array, config: VAEConfig) -> Params:
     """Fresh parameters ``{"encoder": ..., "decoder": ...}`` (same layout for both impls)."""
-    key_encoder, key_decoder = jax.random.split(key)
-    x = jnp.zeros((1, *FRAME_SHAPE), jnp.float32)
-    z = jnp.zeros((1, config.latent_dim), jnp.float32)
-    return {
-        "encoder": Encoder(config.latent_dim).init(key_encoder, x)["params"],
-        "decoder": Decoder().init(key_decoder, z)["params"],
+    return _init_params(key, config.latent_dim)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _init_params(key: jax.Array, latent_dim: int) -> Params:
+    # flax's defaults (lecun_normal kernels, zero biases), but all kernels from one random draw:
+    # XLA:CPU compiles each threefry draw apart (~0.5 s each, ~10 s for the 12 kernels).
+    x = jax.ShapeDtypeStruct((1, *FRAME_SHAPE), jnp.float32)
+    z = jax.ShapeDtypeStruct((1, latent_dim), jnp.float32)
+    shapes = {
+        "encoder": jax.eval_shape(Encoder(latent_dim).init, key, x)["params"],
+        "decoder": jax.eval_shape(Decoder().init, key, z)["params"],
     }
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    num_draws = sum(leaf.size for leaf in leaves if leaf.ndim > 1)
+    draws = jax.random.truncated_normal(key, -2.0, 2.0, (num_draws,))
+    params, offset = [], 0
+    for leaf in leaves:
+        if leaf.ndim == 1:  # bias
+            params.append(jnp.zeros(leaf.shape, leaf.dtype))
+            continue
+        # lecun_normal: variance_scaling(1, "fan_in", "truncated_normal"), fan_in = prod(shape[:-1])
+        stddev = math.sqrt(1.0 / math.prod(leaf.shape[:-1])) / 0.87962566103423978
+        params.append(draws[offset : offset + leaf.size].reshape(leaf.shape) * stddev)
+        offset += leaf.size
+    return jax.tree_util.tree_unflatten(treedef, params)
 
 
 def num_params(params: Params) -> int:
+    """Number of scalars in a parameter pytree."""
     return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
 
 
 def encode(params: Params, x: jax.Array, *, impl: Impl = "fast") -> tuple[jax.Array, jax.Array]:
     """x (..., 64, 64, 3) float32 in [0, 1] -> (mu, logvar), each (..., Z)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # e.g. raw uint8 frames
+        raise ValueError(
+            f"encode expects float frames in [0, 1]; got dtype {x.dtype} (see frames_to_float)"
+        )
     batch_shape = x.shape[:-3]
     flat = jnp.reshape(x, (-1, *x.shape[-3:]))
     encoder = Encoder(latent_dim_of(params), impl)
@@ -300,36 +181,47 @@ def sample_latent(key: jax.Array, mu: jax.Array, logvar: jax.Array) -> jax.Array
 # Input validation.
 
 
-def frames_to_float(frames: Any) -> jax.Array:
-    """uint8 frames (..., 64, 64, 3) -> float32 in [0, 1], converted on device.
+def _shape_and_dtype(frames: Any) -> tuple[tuple[int, ...], np.dtype]:
+    if hasattr(frames, "shape") and hasattr(frames, "dtype"):  # numpy, jax arrays and tracers
+        return tuple(frames.shape), np.dtype(frames.dtype)
+    frames = np.asarray(frames)
+    return frames.shape, frames.dtype
 
-    Float frames already in [0, 1] pass through as float32 (their range is checked when the
-    values are concrete, i.e. outside ``jit``). Anything else raises a ValueError naming the
+
+def frames_to_float(frames: Any) -> jax.Array:
+    """uint8 frames (..., 64, 64, 3) -> float32 (..., 64, 64, 3) in [0, 1], converted on device.
+
+    Float frames already in [0, 1] pass through as float32 (their range is checked where the
+    values are concrete, i.e. outside ``jit``). Anything else raises a ValueError that names the
     problem, so that bad input never trains silently.
     """
-    shape, dtype = np.shape(frames), np.result_type(frames)
-    if len(shape) < 3 or tuple(shape[-3:]) != FRAME_SHAPE:
-        raise ValueError(f"frames must have shape (..., 64, 64, 3); got shape {tuple(shape)}")
+    shape, dtype = _shape_and_dtype(frames)
+    if len(shape) < 3 or shape[-3:] != FRAME_SHAPE:
+        raise ValueError(f"frames must have shape (..., 64, 64, 3); got shape {shape}")
     if dtype == np.uint8:
         return jnp.asarray(frames).astype(jnp.float32) / 255.0
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(
             f"frames must be uint8 in [0, 255] (or float in [0, 1]); got dtype {dtype}"
         )
-    if not isinstance(frames, jax.core.Tracer) and np.size(frames) > 0:
-        low, high = float(jnp.min(frames)), float(jnp.max(frames))
-        if not (0.0 <= low and high <= 1.0):  # also False for NaN
+    if not isinstance(frames, jax.core.Tracer) and math.prod(shape) > 0:
+        xp = np if isinstance(frames, np.ndarray) else jnp  # numpy input: check on the host
+        # Finiteness first: XLA:CPU's min/max reductions may skip NaNs.
+        if not bool(xp.all(xp.isfinite(frames))):
+            raise ValueError("float frames must be finite and lie in [0, 1]; got NaN or inf")
+        low, high = float(xp.min(frames)), float(xp.max(frames))
+        if low < 0.0 or high > 1.0:
             raise ValueError(
                 f"float frames must lie in [0, 1]; got values in [{low}, {high}] "
-                f"(pass uint8 frames in [0, 255] instead)"
+                "(uint8 frames in [0, 255] are converted for you)"
             )
     return jnp.asarray(frames, jnp.float32)
 
 
-def _check_uint8_batch(frames: Any) -> None:
-    shape, dtype = np.shape(frames), np.result_type(frames)
-    if len(shape) != 4 or tuple(shape[1:]) != FRAME_SHAPE:
-        raise ValueError(f"train_step expects frames (B, 64, 64, 3); got shape {tuple(shape)}")
+def _check_train_batch(frames: Any) -> None:
+    shape, dtype = _shape_and_dtype(frames)
+    if len(shape) != 4 or shape[1:] != FRAME_SHAPE:
+        raise ValueError(f"train_step expects frames of shape (B, 64, 64, 3); got shape {shape}")
     if dtype != np.uint8:
         raise ValueError(f"train_step expects uint8 frames in [0, 255]; got dtype {dtype}")
 
@@ -390,7 +282,7 @@ def make_train(
     def train_step(
         key: jax.Array, state: VAETrainState, frames: jax.Array
     ) -> tuple[VAETrainState, dict[str, jax.Array]]:
-        _check_uint8_batch(frames)  # static: shapes and dtypes are known at trace time
+        _check_train_batch(frames)  # static: shapes and dtypes are known at trace time
         x = frames_to_float(frames)
         grad_fn = jax.grad(loss_fn, argnums=1, has_aux=True)
         grads, metrics = grad_fn(key, state.params, x, config.kl_tolerance, impl=impl)
@@ -423,7 +315,8 @@ def train(
       config, train_config: model and optimiser settings.
       batches: any iterable of uint8 frame batches, consumed once.
       state: resume from this state (its ``step`` continues); fresh parameters if None.
-      on_step: called as ``on_step(step, metrics)`` after each step (metrics on device).
+      on_step: called as ``on_step(step, metrics)`` after each step, with ``step`` the updated
+        ``state.step`` (counted from 1) and the metrics still on device (no host sync).
       progress: show a tqdm progress bar.
       check_every: steps between the (host-syncing) NaN/inf checks of the loss; the last step
         is always checked.
@@ -443,9 +336,11 @@ def train(
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             bad_step, bad_loss = pending[bad[0]][0], losses[bad[0]]
-            raise TrainingDivergedError(f"VAE loss became {bad_loss} at step {bad_step}")
-        if bar is not None:
-            bar.set_postfix(loss=f"{losses[-1]:.1f}")
+            raise TrainingDivergedError(
+                f"VAE loss became {bad_loss} at step {bad_step} (steps counted from 1); "
+                "check the data and the learning rate"
+            )
+        bar.set_postfix(loss=f"{losses[-1]:.1f}")
         pending.clear()
 
     total = len(batches) if hasattr(batches, "__len__") else None

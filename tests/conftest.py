@@ -1,0 +1,15 @@
+"""Fixtures shared by test files."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def doom_smoke_run(tmp_path_factory):
+    """One finished `doom_take_cover --scale smoke` run (real Doom), shared by the end-to-end
+    tests of the runner, the temperature sweep and the iterative procedure: each adds its own
+    subfolder and leaves the run itself as it found it."""
+    from wm_jax import experiment
+
+    run_dir = tmp_path_factory.mktemp("doom") / "run"
+    experiment.run("doom_take_cover", "smoke", run_dir, progress=False)
+    return run_dir
