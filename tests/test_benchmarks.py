@@ -34,19 +34,6 @@ encode = jax.jit(vae.encode)
 decode = jax.jit(vae.decode)
 
 
-def _random_params(init, config, seed=0):
-    """Random weights in `init`'s layout (shapes only, no init run): N(0, 1/fan_in), biases
-    N(0, 0.1²), so that every weight, biases included, matters in a comparison."""
-    shapes = jax.eval_shape(lambda key: init(key, config), jax.random.key(0))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, shape):
-        fan_in = int(np.prod(shape.shape[:-1])) if len(shape.shape) > 1 else 100
-        return rng.normal(0.0, fan_in**-0.5, shape.shape).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def _inputs(config, batch, seed=2):
     rng = np.random.default_rng(seed)
     state = mdn_rnn.LSTMState(
@@ -89,7 +76,7 @@ def test_torch_vae_matches_jax():
     torch = pytest.importorskip("torch")
     from benchmarks import torch_reference as tr
 
-    params = _random_params(vae.init_params, vae.VAEConfig(32))
+    params = run.random_params(vae.init_params, vae.VAEConfig(32))
     model = tr.load_vae(tr.ConvVAE(32), params)
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
@@ -109,7 +96,7 @@ def test_torch_mdn_step_matches_jax(name):
     from benchmarks import torch_reference as tr
 
     config = MDN_CONFIGS[name]
-    params = _random_params(mdn_rnn.init_params, config)
+    params = run.random_params(mdn_rnn.init_params, config)
     model = tr.load_mdn_rnn(tr.MDNRNN.from_config(config), params)
     state, z, action, restart = _inputs(config, batch=4)
     new_state, output = forward_step(config, params, state, z, action, restart)
@@ -137,7 +124,7 @@ def test_torch_mdn_sequence_matches_jax(name):
     from benchmarks import torch_reference as tr
 
     config = MDN_CONFIGS[name]
-    params = _random_params(mdn_rnn.init_params, config)
+    params = run.random_params(mdn_rnn.init_params, config)
     model = tr.load_mdn_rnn(tr.MDNRNN.from_config(config), params)
     batch = run._sequence_batch(config, 3, 7)
     restarts = np.array(batch.restarts)
@@ -174,7 +161,7 @@ def test_torch_controller_matches_jax(name):
 def test_numpy_step_matches_jax(name):
     config = MDN_CONFIGS[name]
     c_config = CONTROLLERS[name.removesuffix("_reward")]
-    params = _random_params(mdn_rnn.init_params, config)
+    params = run.random_params(mdn_rnn.init_params, config)
     c_params = controller.init_params(jax.random.key(3), c_config)
     weights = numpy_reference.numpy_weights(params, c_params)
     sizes = numpy_reference.Sizes.from_configs(config, c_config)
@@ -270,6 +257,16 @@ def _synthetic_record(torch_ratio, fraction, vae_ratio):
             "steps_per_s": 100.0 / torch_ratio,
             "gflops": 0.5,
             "fraction_of_peak": 0.1,
+            "torch_threads": 2,
+        },
+        {  # the slower torch setting is not the reference
+            "impl": "torch_eager_1thread",
+            "batch": 1024,
+            "num_steps": 10,
+            "steps_per_s": 10.0 / torch_ratio,
+            "gflops": 0.05,
+            "fraction_of_peak": 0.01,
+            "torch_threads": 1,
         },
     ]
     numpy_row = {
@@ -349,6 +346,7 @@ def test_tiny_dream_run(tmp_path):
     assert Path(record["files"]["png"]).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # four XLA compiles of training steps and a CMA-ES generation: about a minute
 def test_tiny_training_and_cma_run(tmp_path):
     record = run.run(run.TINY, ("cma", "vae", "mdn"), out_dir=tmp_path)
     saved = _check_files(record, tmp_path)

@@ -50,7 +50,6 @@ def test_linear_matches_formula_and_doom_has_no_bias():
 
 
 def test_features_order_and_sizes():
-    m_config = mdn_rnn.MDNRNNConfig(latent_dim=3, hidden_size=2)
     state = mdn_rnn.LSTMState(c=jnp.full((2,), 7.0), h=jnp.full((2,), 9.0))
     z = jnp.arange(3.0)
     doom_like = controller.ControllerConfig(

@@ -1,6 +1,7 @@
 """The dream as a gymnax environment: shapes, M equivalence, masks, traces, temperature."""
 
 import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -96,21 +97,31 @@ def test_jit_equals_no_jit():
     np.testing.assert_array_equal(jitted.length, eager.length)
 
 
-def test_vmap_over_rollouts_equals_loop_and_chunks_equal_full_scan():
-    env, params = make(done_bias=0.0)
-    keys = jax.random.split(jax.random.key(8), 6)
+def test_vmap_over_rollouts_equals_loop_and_compaction():
+    env, params = make(done_bias=-0.2)
+    keys = jax.random.split(jax.random.key(8), 16)
+    c_params = jax.vmap(lambda k: controller.init_params(k, C_CONFIG, scale=0.5))(
+        jax.random.split(jax.random.key(9), 16)
+    )
 
-    def run(key, chunk_size):
-        return dream.rollout(key, env, params, policy, C_PARAMS, 30, chunk_size)
+    def run(key, c_params, chunk_size):
+        return dream.rollout(key, env, params, policy, c_params, 30, chunk_size)
 
-    batched = jax.jit(jax.vmap(lambda k: run(k, 7)))(keys)
-    full = jax.jit(jax.vmap(lambda k: run(k, None)))(keys)
-    single = jax.jit(lambda k: run(k, 7))
-    looped = [single(k) for k in keys]
-    np.testing.assert_allclose(batched.episode_return, [r.episode_return for r in looped])
-    np.testing.assert_array_equal(batched.length, [r.length for r in looped])
-    np.testing.assert_allclose(batched.episode_return, full.episode_return)
-    assert len(set(np.asarray(batched.length).tolist())) > 1  # episodes of different lengths
+    batched = jax.jit(jax.vmap(lambda k, p: run(k, p, 7)))(keys, c_params)
+    single = jax.jit(lambda k, p: run(k, p, 7))
+    looped = [single(keys[i], jax.tree.map(lambda x: x[i], c_params)) for i in range(4)]
+    # Compaction: chunks run on the live episodes only, in batches of 16, 8 or 4.
+    compacted = jax.jit(
+        lambda k, p: dream.rollout_batch(k, env, params, policy, p, 30, 7, min_bucket=4)
+    )(keys, c_params)
+    np.testing.assert_allclose(batched.episode_return[:4], [r.episode_return for r in looped])
+    np.testing.assert_array_equal(batched.length[:4], [r.length for r in looped])
+    # (chunks == one full-length scan: test_valid_mask_stops_rewards_after_done)
+    np.testing.assert_array_equal(compacted.length, batched.length)
+    np.testing.assert_allclose(compacted.episode_return, batched.episode_return)
+    lengths = np.asarray(batched.length)
+    assert lengths.min() < 7 < 30 == lengths.max()  # some done early, some run to the cap
+    assert np.sum(lengths <= 14) >= 8  # half the batch is done after two chunks: compaction
 
 
 def test_valid_mask_stops_rewards_after_done():

@@ -89,7 +89,13 @@ def test_a_crashed_worker_loses_one_episode_not_the_run(models, population):
     with real_rollout.EnvPool(functools.partial(CountingGame, crash_seed=13), 2) as pool:
         with pytest.warns(RuntimeWarning, match="episode 1 lost"):
             results = real_rollout.evaluate_population_real(
-                jax.random.key(4), pool, models, C_CONFIG, population, 2, seeds,
+                jax.random.key(4),
+                pool,
+                models,
+                C_CONFIG,
+                population,
+                2,
+                seeds,
                 max_lost_fraction=0.5,
             )
         assert np.isnan(results.returns[0, 1])
@@ -104,7 +110,12 @@ def test_a_crashed_worker_loses_one_episode_not_the_run(models, population):
 def test_evaluate_controller_reports_mean_std_and_uses_unseen_seeds(models, population):
     with real_rollout.EnvPool(CountingGame, 2) as pool:
         result = evaluate.evaluate_controller(
-            jax.random.key(5), pool, models, C_CONFIG, population[1], num_episodes=5,
+            jax.random.key(5),
+            pool,
+            models,
+            C_CONFIG,
+            population[1],
+            num_episodes=5,
             progress=False,
         )
         with pytest.raises(ValueError, match="overlaps the training seeds"):
@@ -127,8 +138,14 @@ def test_evaluate_in_dream():
         inputs=("z", "c", "h"), latent_dim=2, hidden_size=2, action_dim=1, use_bias=False
     )
     result = evaluate.evaluate_in_dream(
-        jax.random.key(0), env, params, c_config, controller.zeros_params(c_config), 8,
-        max_steps=20, chunk_size=4,
+        jax.random.key(0),
+        env,
+        params,
+        c_config,
+        controller.zeros_params(c_config),
+        8,
+        max_steps=20,
+        chunk_size=4,
     )
     np.testing.assert_array_equal(result.returns, np.full(8, 5.0))
     assert result.mean == 5.0 and result.std == 0.0
@@ -136,11 +153,13 @@ def test_evaluate_in_dream():
 
 def test_mismatched_controller_and_game_raise(models):
     three_actions = controller.ControllerConfig(kind="linear_z", inputs=("z",), latent_dim=4)
-    with real_rollout.EnvPool(CountingGame, 1) as pool:
-        with pytest.raises(ValueError, match="takes 1 actions"):
-            real_rollout.evaluate_population_real(
-                jax.random.key(0), pool, models, three_actions, np.zeros((1, 15)), 1
-            )
+    with (
+        real_rollout.EnvPool(CountingGame, 1) as pool,
+        pytest.raises(ValueError, match="takes 1 actions"),
+    ):
+        real_rollout.evaluate_population_real(
+            jax.random.key(0), pool, models, three_actions, np.zeros((1, 15)), 1
+        )
     with pytest.raises(ValueError, match="need M"):
         real_rollout.make_policy_step(C_CONFIG, None)
 
@@ -164,10 +183,15 @@ def test_controller_plays_a_few_frames_of_each_real_game(models, game, action_di
     )
     c_params = controller.init_params(jax.random.key(7), c_config)
     result = evaluate.evaluate_controller(
-        jax.random.key(8), game, game_models, c_config, c_params, num_episodes=2,
-        num_workers=2, max_steps=5, progress=False,
+        jax.random.key(8),
+        game,
+        game_models,
+        c_config,
+        c_params,
+        num_episodes=2,
+        num_workers=2,
+        max_steps=5,
+        progress=False,
     )
     np.testing.assert_array_equal(result.lengths, [5, 5])
     assert np.all(np.isfinite(result.returns))
-
-

@@ -68,7 +68,11 @@ def test_population_vmap_equals_python_loop(toy):
     env, params, _ = toy
     flat = 0.3 * jax.random.normal(jax.random.key(1), (3, controller.num_params(C_CONFIG)))
     key = jax.random.key(2)
-    batched = evolve.evaluate_population_dream(key, env, params, C_CONFIG, flat, 2, TOY_STEPS)
+    batched = jax.jit(
+        lambda key, flat: evolve.evaluate_population_dream(
+            key, env, params, C_CONFIG, flat, 2, TOY_STEPS
+        )
+    )(key, flat)
     assert batched.episode_return.shape == (3, 2)
     keys = jax.random.split(key, 6)
     unflatten = controller.unflatten_fn(C_CONFIG)

@@ -28,15 +28,15 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from wm_jax import mdn_rnn, vae
+from wm_jax import envs, mdn_rnn, vae
 
 REWARD_KINDS = ("survival", "model")
 
-# Per game: (reward kind, controller inputs, step cap). Step caps: Doom TakeCover 2,100 frames
-# (World Models, Appendix); CarRacing-v3's own episode length is 1,000 steps.
+# Per game: (reward kind, controller inputs); step caps come from `wm_jax.envs.game_spec`
+# (Doom TakeCover 2,100 frames, World Models, Appendix; CarRacing 1,000 steps).
 GAMES = {
-    "doom_take_cover": ("survival", ("z", "c", "h"), 2100),
-    "car_racing": ("model", ("z", "h"), 1000),
+    "doom_take_cover": ("survival", ("z", "c", "h")),
+    "car_racing": ("model", ("z", "h")),
 }
 
 
@@ -209,7 +209,7 @@ def make_dream(game: str, config: mdn_rnn.MDNRNNConfig) -> tuple[DreamEnv, int]:
     """
     if game not in GAMES:
         raise ValueError(f"no dream for game {game!r}; known: {sorted(GAMES)}")
-    reward, inputs, max_steps = GAMES[game]
+    reward, inputs = GAMES[game]
     if reward == "model" and not config.predict_reward:
         raise DreamNotTrainableError(
             f"cannot train {game} in the dream: its M has no reward head "
@@ -217,7 +217,7 @@ def make_dream(game: str, config: mdn_rnn.MDNRNNConfig) -> tuple[DreamEnv, int]:
             "Train M with predict_reward=True, or evolve the controller in the real game "
             "(wm_jax.evolve.train_in_real), as the paper did."
         )
-    return DreamEnv(config, reward=reward, inputs=inputs), max_steps
+    return DreamEnv(config, reward=reward, inputs=inputs), envs.game_spec(game).max_steps
 
 
 def render(vae_params: Any, z: jax.Array) -> jax.Array:

@@ -121,5 +121,5 @@ def evaluate_in_dream(
 @functools.partial(jax.jit, static_argnums=(1, 3, 5, 6, 7))
 def _dream_eval(key, env, env_params, c_config, flat, num_episodes, max_steps, chunk_size):
     return evolve.evaluate_population_dream(
-        key, env, env_params, c_config, flat, num_episodes, max_steps, chunk_size
+        key, env, env_params, c_config, flat, num_episodes, max_steps, chunk_size, compact=True
     )

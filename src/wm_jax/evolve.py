@@ -69,6 +69,18 @@ class EvolveConfig:
 
 
 PAPER = EvolveConfig()
+# For tests and smoke runs: seconds, not hours.
+TINY = EvolveConfig(
+    population_size=8,
+    rollouts_per_member=2,
+    eval_every=5,
+    eval_rollouts=8,
+    max_steps=50,
+    chunk_size=10,
+    generations_per_call=5,
+    checkpoint_every=5,
+    compact_min_batch=4,
+)
 
 
 @struct.dataclass
@@ -165,7 +177,13 @@ def evaluate_population_dream(
 
         def run(keys, episode_params, env_params):
             return dream.rollout_batch(
-                keys, env, env_params, policy_flat, episode_params, num_steps, chunk_size,
+                keys,
+                env,
+                env_params,
+                policy_flat,
+                episode_params,
+                num_steps,
+                chunk_size,
                 compact_min_batch,
             )
 
@@ -241,6 +259,14 @@ def make_dream_evolver(
         spec = PartitionSpec("pop", *([None] * (x.ndim - 1)))
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
+    def replicate(x):
+        # CMA-ES itself runs replicated, so it does the very arithmetic of an unsharded run:
+        # C's eigenbasis is degenerate early on, and a last-bit difference in C would rotate it
+        # and change every later sample.
+        if mesh is None:
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec()))
+
     def evaluate(key, env_params, flat_params, num_rollouts):
         results = evaluate_population_dream(
             key,
@@ -263,7 +289,8 @@ def make_dream_evolver(
         key_ask, key_eval, key_tell = jax.random.split(key, 3)
         population, es_state = strategy.ask(key_ask, es_state, es_params)  # (P, D)
         returns = evaluate(key_eval, env_params, population, config.rollouts_per_member)
-        mean_returns = jnp.mean(returns.episode_return, axis=1)  # (P,)
+        mean_returns = replicate(jnp.mean(returns.episode_return, axis=1))  # (P,)
+        population, es_state = replicate((population, es_state))
         es_state, _ = strategy.tell(key_tell, population, -mean_returns, es_state, es_params)
         metrics = GenerationMetrics(
             generation=es_state.generation_counter,
