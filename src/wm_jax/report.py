@@ -66,8 +66,9 @@ def loss_curves(rows_by_model: dict[str, list[dict]], path) -> bool:
     rows_by_model = {name: rows for name, rows in rows_by_model.items() if rows}
     if not rows_by_model:
         return False
-    fig, axes = plt.subplots(1, len(rows_by_model), figsize=(5 * len(rows_by_model), 3.5),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(rows_by_model), figsize=(5 * len(rows_by_model), 3.5), squeeze=False
+    )
     for ax, (name, rows) in zip(axes[0], rows_by_model.items(), strict=True):
         steps = [row["step"] for row in rows]
         for metric in [m for m in rows[-1] if m not in ("step", "grad_norm")][:4]:
@@ -91,8 +92,12 @@ def fitness_curve(rows: list[dict], path) -> bool:
         ax.plot(generation, [row[metric] for row in rows], label=metric.replace("_return", ""))
     evaluated = [row for row in rows if row.get("eval_return") is not None]
     if evaluated:
-        ax.plot([r["generation"] for r in evaluated], [r["eval_return"] for r in evaluated],
-                "k*", label="ES mean, evaluated")
+        ax.plot(
+            [r["generation"] for r in evaluated],
+            [r["eval_return"] for r in evaluated],
+            "k*",
+            label="ES mean, evaluated",
+        )
     ax.set_xlabel("generation")
     ax.set_ylabel("return")
     ax.legend(fontsize=8)
@@ -115,7 +120,13 @@ def dream_from_real(key, config: ExperimentConfig, mdn_params, mu, logvar, actio
         t, action = inputs
         restart = (t == 0) if mdn_config.use_restart else None
         state, z_next, _, _ = mdn_rnn.step(
-            jax.random.fold_in(key_steps, t), mdn_config, mdn_params, state, z, action, tau,
+            jax.random.fold_in(key_steps, t),
+            mdn_config,
+            mdn_params,
+            state,
+            z,
+            action,
+            tau,
             restart=restart,
         )
         return (state, z_next), z_next
@@ -136,8 +147,15 @@ def episode_gif(config, paths, vae_params, mdn_params, path) -> bool:
     real, codes = store.read(common[0]), encoded.read(common[0])
     n = min(GIF_FRAMES, len(real.frames))
     recon = vae.decode(vae_params, jnp.asarray(codes.mu[:n]))
-    z = dream_from_real(jax.random.key(config.seed), config, mdn_params, codes.mu[:n],
-                        codes.logvar[:n], codes.actions[:n], config.controller.temperature)
+    z = dream_from_real(
+        jax.random.key(config.seed),
+        config,
+        mdn_params,
+        codes.mu[:n],
+        codes.logvar[:n],
+        codes.actions[:n],
+        config.controller.temperature,
+    )
     dreamt = vae.decode(vae_params, z)
     to_uint8 = lambda x: np.asarray(jnp.round(jnp.clip(x, 0, 1) * 255)).astype(np.uint8)  # noqa: E731
     gap = np.full((n, 64, 4, 3), 255, np.uint8)
@@ -239,8 +257,11 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
     sections = [
         ("evaluation", "Returns in the real game"),
         ("reconstructions", "V: originals (top) and reconstructions (bottom)"),
-        ("gif", "A real episode | V's reconstruction | M's dream from the same start "
-                f"(same actions, τ = {config.controller.temperature})"),
+        (
+            "gif",
+            "A real episode | V's reconstruction | M's dream from the same start "
+            f"(same actions, τ = {config.controller.temperature})",
+        ),
         ("losses", "Training curves of V and M"),
         ("fitness", "CMA-ES: best, mean and worst return per generation"),
     ]
@@ -250,7 +271,11 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
     lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {wall[stage]:.1f} |" for stage in STAGES if stage in wall]
     device = results.get("device", {})
-    lines += ["", f"Device: {device.get('platform')} ({device.get('kind')}); "
-              f"jax {results.get('versions', {}).get('jax')}.", ""]
+    lines += [
+        "",
+        f"Device: {device.get('platform')} ({device.get('kind')}); "
+        f"jax {results.get('versions', {}).get('jax')}.",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
     return {"figures": sorted(figures.values()), "report": str(out / "report.md")}
