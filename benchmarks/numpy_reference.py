@@ -1,9 +1,10 @@
-"""The original approach: one dream rollout per process, stepped one frame at a time in NumPy.
+"""The original approach: one dream rollout per process, stepped one frame at a time on the CPU.
 
-The authors' CMA-ES workers (WorldModelsExperiments, doomrnn.py / carracing) each ran one rollout
-at a time, with the LSTM, the mixture sampling and the controller in float32 NumPy, one process
-per core. This module does the same, with the sampling vectorised over latent dimensions (the
-authors' `get_pi_idx` looped in Python over them, which is slower still), so the figure is a
+The authors' CMA-ES workers (WorldModelsExperiments, doomrnn/doomrnn.py `DoomCoverRNNEnv._step`)
+each ran one rollout at a time, one process per core: a TF `session.run` of M per frame (batch
+1), then the mixture sampled in NumPy with a Python loop over the latent dimensions
+(`get_pi_idx`). Here M's LSTM, head and controller are float32 NumPy and the sampling is
+vectorised over latent dimensions, which is faster than either of theirs, so the figure is a
 generous one for the original approach.
 
 Weights use wm_jax's layouts (`mdn_rnn` fused LSTM kernel over [x, h], gates i, f, g, o; head;

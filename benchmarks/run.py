@@ -50,6 +50,7 @@ class Settings:
     numpy_rollout_steps: int
     numpy_workers: int | None  # None: one per core
     peak_sizes: tuple[int, ...] | None  # None: peak.CPU_SIZES / GPU_SIZES
+    batched_at: tuple[int, ...] | None = None  # batches that also time wm_jax:batched (None: all)
     cma_population: int = 64
     cma_rollouts: int = 16
     cma_steps: int = 2100  # Doom's cap; no rollout ends earlier (done head biased off)
@@ -64,7 +65,18 @@ class Settings:
     car_racing_steps: int = 500
 
 
-FULL = Settings("full", (1, 64, 1024, 16384), 100_000, (5, 2000), 5, 1.0, 5.0, 1000, None, None)
+FULL = Settings(
+    name="full",
+    batches=(1, 64, 1024, 16384),
+    dream_steps_total=100_000,
+    dream_steps_range=(5, 2000),
+    repeats=5,
+    min_time_s=1.0,
+    numpy_seconds=5.0,
+    numpy_rollout_steps=1000,
+    numpy_workers=None,
+    peak_sizes=None,
+)
 QUICK = dataclasses.replace(
     FULL,
     name="quick",
@@ -73,9 +85,10 @@ QUICK = dataclasses.replace(
     dream_steps_range=(5, 500),
     repeats=3,
     min_time_s=0.3,
-    numpy_seconds=2.0,
+    numpy_seconds=1.5,
     numpy_rollout_steps=100,
-    cma_steps=100,
+    batched_at=(1024,),
+    cma_steps=50,
     mdn_seq_len={"car_racing": 100, "doom": 100},
     collect_frames=100,
     collect_episodes_per_worker=1,
@@ -88,6 +101,7 @@ TINY = dataclasses.replace(
     batches=(2,),
     dream_steps_total=6,
     dream_steps_range=(3, 3),
+    batched_at=None,
     repeats=1,
     min_time_s=0.0,
     numpy_seconds=0.1,
@@ -140,6 +154,9 @@ DREAM_GAMES = {
         "model",
     ),
 }
+
+# M training is the paper's M (CarRacing without a reward head: 422,368 parameters).
+MDN_GAMES = {"car_racing": mdn_rnn.CAR_RACING, "doom": mdn_rnn.DOOM}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +219,25 @@ def time_calls(call: Callable[[], Any], repeats: int, min_time_s: float) -> dict
     }
 
 
+def time_torch(tch: Torch, call: Callable[[], Any], settings: Settings) -> dict[str, Any]:
+    """`time_calls` for torch on the faster of every core and one thread (probed with one call
+    each after a warm-up): on a busy machine spinning OpenMP threads can cost torch 10× or more.
+    """
+    probe: dict[int, float] = {}
+    if tch.device == "cpu" and (os.cpu_count() or 1) > 1:
+        for threads in (os.cpu_count() or 1, 1):
+            tch.torch.set_num_threads(threads)
+            call()
+            start = time.perf_counter()
+            call()
+            probe[threads] = time.perf_counter() - start
+        tch.torch.set_num_threads(min(probe, key=probe.get))
+    timing = time_calls(call, settings.repeats, settings.min_time_s)
+    timing |= {"torch_threads": tch.torch.get_num_threads(), "thread_probe_s": probe}
+    tch.ref.use_all_cores()
+    return timing
+
+
 def compile_jit(fn: Callable, *args) -> tuple[Callable, float]:
     """(compiled, seconds to trace, lower and compile `jax.jit(fn)` for `args`)."""
     start = time.perf_counter()
@@ -217,14 +253,28 @@ def _block(tree) -> None:
 # Dream throughput
 
 
-@functools.partial(jax.jit, static_argnums=0)  # one compile instead of op-by-op dispatch
+def random_params(init: Callable, config: Any, seed: int = 0) -> Any:
+    """Weights in `init(key, config)`'s layout, N(0, 1/fan_in) (biases N(0, 0.01)), from NumPy.
+
+    Speed does not depend on the values, and this skips running `init` (M's orthogonal init
+    runs XLA's slow CPU QR: seconds per call).
+    """
+    shapes = jax.eval_shape(lambda key: init(key, config), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def fill(shape):
+        fan_in = int(np.prod(shape.shape[:-1])) if len(shape.shape) > 1 else 10_000
+        return jnp.asarray(rng.normal(0.0, fan_in**-0.5, shape.shape).astype(np.float32))
+
+    return jax.tree.map(fill, shapes)
+
+
 def _dream_weights(game: DreamGame, seed: int = 0):
-    """Random M and C weights and a bank of 16 initial codes (speed does not depend on them)."""
-    key_m, key_c, key_z = jax.random.split(jax.random.key(seed), 3)
-    model_params = mdn_rnn.init_params(key_m, game.mdn)
-    policy_params = controller.init_params(key_c, game.controller)
-    initial_mu = jax.random.normal(key_z, (16, game.mdn.latent_dim))
-    return model_params, policy_params, initial_mu
+    """Random M and C weights and a bank of 16 initial codes."""
+    model_params = random_params(mdn_rnn.init_params, game.mdn, seed)
+    policy_params = random_params(controller.init_params, game.controller, seed + 1)
+    initial_mu = np.random.default_rng(seed + 2).standard_normal((16, game.mdn.latent_dim))
+    return model_params, policy_params, jnp.asarray(initial_mu, jnp.float32)
 
 
 def _jax_dream_fn(game: DreamGame, batch: int, num_steps: int, impl: str) -> Callable:
@@ -290,16 +340,18 @@ def _steps_for(settings: Settings, batch: int) -> int:
     return int(min(max(settings.dream_steps_total // batch, low), high))
 
 
-def bench_dream(settings: Settings, peak_gflops: float, tch) -> dict[str, Any]:
+def bench_dream(settings: Settings, peak_record: dict, tch: Torch | None) -> dict[str, Any]:
     """Dream steps/s against batch size for wm_jax (two paths), eager torch and NumPy."""
     out: dict[str, Any] = {}
+    peak_gflops = peak_record["peak_gflops"]
     for name, game in DREAM_GAMES.items():
         flops = game.flops
         model_params, policy_params, initial_mu = _dream_weights(game)
         rows = []
         for batch in settings.batches:
             num_steps = _steps_for(settings, batch)
-            for impl in ("dream", "batched"):
+            both = settings.batched_at is None or batch in settings.batched_at
+            for impl in ("dream", "batched") if both else ("dream",):
                 fn = _jax_dream_fn(game, batch, num_steps, impl)
                 args = (jax.random.key(1), model_params, policy_params, initial_mu)
                 compiled, compile_s = compile_jit(fn, *args)
@@ -309,10 +361,17 @@ def bench_dream(settings: Settings, peak_gflops: float, tch) -> dict[str, Any]:
                 rows.append(_dream_row(f"wm_jax:{impl}", batch, num_steps, timing, flops))
                 rows[-1]["compile_s"] = compile_s
                 _progress(f"dream {name} {rows[-1]['impl']} batch {batch}", rows[-1])
-            if tch is not None:
+            # torch with every core (the reference setting) and, on a CPU, with one thread: on a
+            # busy machine spinning OpenMP threads can cost torch more than they bring.
+            cpu_threads = sorted({os.cpu_count() or 1, 1}, reverse=True)
+            for threads in (cpu_threads if tch.device == "cpu" else [None]) if tch else []:
+                if threads is not None:
+                    tch.torch.set_num_threads(threads)
                 rows.append(_torch_dream(settings, game, batch, num_steps, tch))
                 rows[-1] |= _dream_rates(rows[-1]["steps_per_s"], flops)
-                _progress(f"dream {name} torch batch {batch}", rows[-1])
+                _progress(f"dream {name} {rows[-1]['impl']} batch {batch}", rows[-1])
+            if tch:
+                tch.ref.use_all_cores()
         for row in rows:
             row["fraction_of_peak"] = row["gflops"] / peak_gflops
         weights = numpy_reference.numpy_weights(model_params, policy_params)
@@ -336,7 +395,7 @@ def bench_dream(settings: Settings, peak_gflops: float, tch) -> dict[str, Any]:
             "numpy": numpy_row,
             "peak_steps_per_s": peak_gflops * 1e9 / flops["total"],
         }
-        out[name]["gemm_breakdown"] = _gemm_breakdown(game, settings)
+        out[name]["gemm_breakdown"] = _gemm_breakdown(name, game, settings, peak_record)
     return out
 
 
@@ -362,37 +421,56 @@ def _torch_dream(settings, game: DreamGame, batch, num_steps, tch: Torch) -> dic
     index = np.random.default_rng(0).integers(0, initial_mu.shape[0], batch)
     z0 = tch.tensor(np.asarray(initial_mu)[index])
 
-    def call():
+    def call(steps):
         tch.ref.dream_rollout(
-            model, policy, z0, num_steps, game.temperature, c.inputs, game.reward, generator
+            model, policy, z0, steps, game.temperature, c.inputs, game.reward, generator
         )
         tch.sync()
 
-    timing = time_calls(call, settings.repeats, settings.min_time_s)
-    row = {"impl": "torch_eager", "batch": batch, "num_steps": num_steps, **timing}
+    # No compile to amortise: steps per call only need to fill min_time_s, so a slow eager
+    # step (batch 1 on a loaded machine) does not stretch the run. A 3-step probe sizes it.
+    start = time.perf_counter()
+    call(3)
+    per_step = (time.perf_counter() - start) / 3
+    num_steps = int(min(max(round(settings.min_time_s / per_step), 3), num_steps))
+    timing = time_calls(functools.partial(call, num_steps), settings.repeats, settings.min_time_s)
+    threads = tch.torch.get_num_threads()
+    all_cores = tch.device != "cpu" or threads == (os.cpu_count() or 1)
+    impl = "torch_eager" if all_cores else f"torch_eager_{threads}thread"
+    row = {"impl": impl, "batch": batch, "num_steps": num_steps, **timing}
     row["steps_per_s"] = batch * num_steps / timing["median_s"]
-    row["torch_threads"] = tch.torch.get_num_threads()
+    row["torch_threads"] = threads
     row["torch_device"] = tch.device
     return row
 
 
-def _gemm_breakdown(game: DreamGame, settings: Settings) -> dict[str, Any]:
-    """Time of the step's two big matmuls alone at the dream's shapes: the matmul-only bound."""
-    batch = report.GOAL_BATCH if report.GOAL_BATCH in settings.batches else max(settings.batches)
-    lstm_in = game.mdn.latent_dim + game.mdn.action_dim + int(game.mdn.use_restart)
-    hidden = game.mdn.hidden_size
-    head_out = game.flops["mdn_head"] // (2 * hidden)
-    repeats = max(settings.repeats, 3)
-    lstm = peak.gemm_gflops(batch, lstm_in + hidden, 4 * hidden, repeats)
-    head = peak.gemm_gflops(batch, hidden, head_out, repeats)
-    seconds = game.flops["lstm"] * batch / (lstm * 1e9) + game.flops["mdn_head"] * batch / (
-        head * 1e9
-    )
+def _gemm_batch(settings: Settings) -> int:
+    return report.GOAL_BATCH if report.GOAL_BATCH in settings.batches else max(settings.batches)
+
+
+def dream_gemm_shapes(settings: Settings) -> dict[str, tuple[int, int, int]]:
+    """The (m, k, n) of each dream's LSTM and head matmuls at the goal batch, by name."""
+    batch, shapes = _gemm_batch(settings), {}
+    for name, game in DREAM_GAMES.items():
+        hidden = game.mdn.hidden_size
+        lstm_k = game.flops["lstm"] // (2 * 4 * hidden)
+        shapes[f"{name}_lstm"] = (batch, lstm_k, 4 * hidden)
+        shapes[f"{name}_head"] = (batch, hidden, game.flops["mdn_head"] // (2 * hidden))
+    return shapes
+
+
+def _gemm_breakdown(name: str, game: DreamGame, settings: Settings, peak_record) -> dict:
+    """The step's two big matmuls alone at the dream's shapes (from the peak measurement): the
+    steps/s the step would reach if nothing but its matmuls ran."""
+    batch = _gemm_batch(settings)
+    lstm = peak_record["gemm_gflops"][f"{name}_lstm"]
+    head = peak_record["gemm_gflops"][f"{name}_head"]
+    seconds = batch * (game.flops["lstm"] / lstm + game.flops["mdn_head"] / head) / 1e9
     return {
         "batch": batch,
-        "lstm_gemm": [batch, lstm_in + hidden, 4 * hidden],
+        "lstm_gemm": list(peak_record["gemm_shapes"][f"{name}_lstm"]),
         "lstm_gemm_gflops": lstm,
-        "head_gemm": [batch, hidden, head_out],
+        "head_gemm": list(peak_record["gemm_shapes"][f"{name}_head"]),
         "head_gemm_gflops": head,
         "matmul_only_steps_per_s": batch / seconds,
     }
@@ -453,7 +531,7 @@ def bench_cma(settings: Settings) -> dict[str, Any]:
     return record
 
 
-def bench_vae(settings: Settings, tch) -> dict[str, Any]:
+def bench_vae(settings: Settings, tch: Torch | None) -> dict[str, Any]:
     """V training images/s (Adam, batch `vae_batch`), wm_jax vs eager torch."""
     batch = settings.vae_batch
     frames = np.random.default_rng(0).integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
@@ -486,7 +564,7 @@ def bench_vae(settings: Settings, tch) -> dict[str, Any]:
             step(frames_torch)
             tch.sync()
 
-        timing = time_calls(torch_call, settings.repeats, settings.min_time_s)
+        timing = time_torch(tch, torch_call, settings)
         record["torch_eager"] = {**timing, "images_per_s": batch / timing["median_s"]}
         record["ratio_vs_torch"] = (
             record["wm_jax"]["images_per_s"] / record["torch_eager"]["images_per_s"]
@@ -516,11 +594,11 @@ def _sequence_batch(
     )
 
 
-def bench_mdn(settings: Settings, tch) -> dict[str, Any]:
+def bench_mdn(settings: Settings, tch: Torch | None) -> dict[str, Any]:
     """M training timesteps/s (batch × sequence length per step), wm_jax vs eager torch."""
     out: dict[str, Any] = {}
-    for name, game in DREAM_GAMES.items():
-        config, batch, seq_len = game.mdn, settings.mdn_batch, settings.mdn_seq_len[name]
+    for name, config in MDN_GAMES.items():
+        batch, seq_len = settings.mdn_batch, settings.mdn_seq_len[name]
         train_config = mdn_rnn.MDNTrainConfig(batch_size=batch, seq_len=seq_len)
         init_state, train_step = mdn_rnn.make_train(config, train_config)
         data = _sequence_batch(config, batch, seq_len)
@@ -554,7 +632,7 @@ def bench_mdn(settings: Settings, tch) -> dict[str, Any]:
                 step(*tensors)
                 tch.sync()
 
-            timing = time_calls(torch_call, settings.repeats, settings.min_time_s)
+            timing = time_torch(tch, torch_call, settings)
             record["torch_eager"] = {**timing, "timesteps_per_s": timesteps / timing["median_s"]}
             record["torch_eager"]["lstm"] = (
                 "python loop over time (state reset at restarts)"
@@ -657,10 +735,12 @@ def run(
     record["errors"] = {}
     print(f"benchmarks: {record['name']} ({', '.join(only)})", file=sys.stderr, flush=True)
     if "dream" in only:
-        record["peak"] = peak.measure_peak(settings.peak_sizes, max(settings.repeats, 3))
-        _progress("matmul peak GFLOP/s", {"peak_gflops": record["peak"]["jax_gflops"]})
+        record["peak"] = peak.measure_peak(
+            settings.peak_sizes, 2 * settings.repeats, dream_gemm_shapes(settings)
+        )
+        _progress("matmul peak GFLOP/s", {"peak_gflops": record["peak"]["peak_gflops"]})
     sections: dict[str, Callable[[], Any]] = {
-        "dream": lambda: bench_dream(settings, record["peak"]["peak_gflops"], tch),
+        "dream": lambda: bench_dream(settings, record["peak"], tch),
         "cma": lambda: bench_cma(settings),
         "vae": lambda: bench_vae(settings, tch),
         "mdn": lambda: bench_mdn(settings, tch),

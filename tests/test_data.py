@@ -201,6 +201,18 @@ def test_sequence_batches_windows_padding_and_masks(tmp_path):
             assert batch.dones[row].any() == (start + seq_len >= length)  # the last action's
             assert (batch.actions[row, steps:] == 0).all() and (batch.mu[row, latents:] == 0).all()
     assert (1, 0) in starts_seen and (3, 20) in starts_seen  # short episode; window at the end
+    assert (3, 29) in starts_seen  # a window may start at the last step: padded past the end
+
+
+def test_sequence_batches_show_the_done_often(tmp_path):
+    # M's done head only learns from windows holding an episode's last action: with windows
+    # starting anywhere, about seq_len / length of an episode's windows do (here 10 / 100).
+    store = EpisodeStore(tmp_path)
+    for index in range(4):
+        store.write(index, make_encoded(index + 1, 100))
+    batch = next(sequence_batches(0, store, 2000, 10, num_batches=1))
+    fraction = batch.dones.any(axis=1).mean()
+    assert 0.07 < fraction < 0.13, fraction
 
 
 def random_vae_params(seed: int, latent_dim: int = 4):

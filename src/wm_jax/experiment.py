@@ -78,7 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=cfg.STAGES,
         default=None,
-        help="rerun these stages from scratch (default: every stage not yet complete)",
+        help="rerun these stages, and the ones after them, from scratch (default: every stage "
+        "not yet complete)",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE"
@@ -94,6 +95,8 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             for name in sorted(set(a) | set(b)):
+                if name not in a:  # a setting newer than the run: it takes its default
+                    continue
                 if a.get(name) != b.get(name) and (section, name) not in _RESUMABLE_CHANGES:
                     changes.append(f"{section}.{name}: {a.get(name)!r} -> {b.get(name)!r}")
         elif a != b:
@@ -193,7 +196,9 @@ def run_config(
         "evaluate": stage_lib.evaluate,
         "report": report.make_report,
     }
-    rerun = set(stages or [])
+    # Every stage reads the outputs of the ones before it: rerunning one reruns those after it.
+    first = min((cfg.STAGES.index(stage) for stage in stages or []), default=len(cfg.STAGES))
+    rerun = set(cfg.STAGES[first:])
     for stage in cfg.STAGES:
         marker = run_dir / "stages" / f"{stage}.json"
         if stage in rerun:

@@ -107,7 +107,7 @@ def _small(config: ExperimentConfig) -> ExperimentConfig:
         collect=replace(config.collect, episodes=episodes, max_frames=max_frames),
         data=replace(config.data, memory_budget_mb=512),
         vae_train=replace(config.vae_train, num_epochs=1),  # the paper: 1 epoch
-        mdn_train=replace(config.mdn_train, batch_size=32, seq_len=100, num_steps=1500),
+        mdn_train=replace(config.mdn_train, batch_size=32, seq_len=100, num_steps=1000),
         controller=replace(
             config.controller,
             generations={"doom_take_cover": 60, "car_racing": 20, "minatar_breakout": 60}[game],

@@ -102,8 +102,9 @@ def sequence_batches(
     """Random windows of `seq_len` steps (seq_len + 1 latents) as `mdn_rnn.SequenceBatch`es.
 
     A window starts at a uniform step of an episode drawn with probability proportional to its
-    length, so every step is about equally likely; it may end at the episode's last action (its
-    done, with no next latent: mask False). Steps past the end of a shorter episode are zero,
+    length, so every step is about equally likely (but for the first seq_len of each episode); a
+    window reaching the episode's end holds its last action (its done, with no next latent:
+    mask False). Steps past the end of a shorter episode are zero,
     restart False and masked. The encoded episodes are held in memory (T x 2Z float32 each).
 
     Returns:
@@ -126,7 +127,12 @@ def sequence_batches(
         restarts, dones, mask = (np.zeros((batch_size, seq_len), bool) for _ in range(3))
         for row, chosen in enumerate(rng.choice(len(episodes), batch_size, p=probabilities)):
             episode, length = episodes[chosen], int(lengths[chosen])
-            start = int(rng.integers(0, max(length - seq_len, 0) + 1))
+            # Any step may start a window, so windows run past an episode's end (padded,
+            # masked) as often as the episode has steps: its last steps, where Doom's deaths
+            # are, are seen in about seq_len / length of its windows. Starting only where a
+            # whole window fits would show the final step (the done) once in length - seq_len
+            # windows, and M's done head would never learn it.
+            start = int(rng.integers(0, length))
             num_latents = min(seq_len + 1, length - start)
             num_steps = min(seq_len, length - start)
             mu[row, :num_latents] = episode.mu[start : start + num_latents]
