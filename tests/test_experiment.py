@@ -136,3 +136,12 @@ def test_temperature_sweep_reuses_one_m(doom_run):
     assert json.loads((tau_run / "config.json").read_text())["controller"]["temperature"] == 0.5
     table = (doom_run / "sweep" / "temperature_table.md").read_text()
     assert "| 0.50 |" in table and "2060 ± 277" in table
+
+
+def test_sweep_of_a_missing_run_is_refused_clearly(tmp_path, capsys):
+    from wm_jax import sweep
+
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([str(tmp_path / "nothing")])
+    assert exit_.value.code == 2
+    assert "nothing" in capsys.readouterr().err

@@ -26,6 +26,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from wm_jax.data.store import atomic_write
+
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
 
 
@@ -35,18 +37,8 @@ class CheckpointError(Exception):
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` via a temporary file and `os.replace`: readers see old or new."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text.encode())
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -16,6 +16,7 @@ import shutil
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -251,27 +252,38 @@ def write_results(config: cfg.ExperimentConfig, run_dir: Path) -> dict[str, Any]
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_command(call: Callable[[], Any], errors: tuple[type[Exception], ...] = ()) -> Any:
+    """Run a command line tool's work: bad settings (and `errors`) print one line and exit 2,
+    Ctrl-C says how to resume and exits 130 (finished work is already saved)."""
     try:
-        results = run(
-            args.experiment,
-            args.scale,
-            args.run_dir,
-            args.stages,
-            args.overrides,
-            args.seed,
-            progress=not args.no_progress,
-        )
-    except cfg.ConfigError as err:
+        return call()
+    except (cfg.ConfigError, *errors) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(
             "\ninterrupted: finished work is saved; rerun the same command to resume",
             file=sys.stderr,
         )
-        return 130
+        raise SystemExit(130) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        results = run_command(
+            lambda: run(
+                args.experiment,
+                args.scale,
+                args.run_dir,
+                args.stages,
+                args.overrides,
+                args.seed,
+                progress=not args.no_progress,
+            )
+        )
+    except SystemExit as exit_:
+        return int(exit_.code)
     evaluation = results.get("evaluation") or {}
     if evaluation:
         print(

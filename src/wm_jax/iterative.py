@@ -398,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        rows = run(
+    rows = experiment.run_command(
+        lambda: run(
             args.run_dir,
             args.iterations,
             args.episodes,
@@ -407,16 +407,9 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides,
             warm_start=not args.fresh_controller,
             progress=not args.no_progress,
-        )
-    except (cfg.ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: finished work is saved; rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return 130
+        ),
+        errors=(FileNotFoundError,),
+    )
     print(write_summary(args.run_dir / "iterations", rows))
     return 0
 

@@ -128,13 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        rows = sweep(
+    rows = experiment.run_command(
+        lambda: sweep(
             args.run_dir, tuple(args.temperatures), args.overrides, progress=not args.no_progress
-        )
-    except (cfg.ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        ),
+        errors=(FileNotFoundError,),
+    )
     print(write_table(args.run_dir / "sweep", rows))
     return 0
 
