@@ -75,6 +75,8 @@ def test_resume_continues_an_interrupted_controller_stage(doom_run, capsys):
     for stage in ("collect", "train_vae", "encode", "train_mdn_rnn", "evaluate", "report"):
         assert f"[{stage}] complete, skipped" in out
     assert "[train_controller] running" in out
+    stage_record = json.loads((doom_run / "stages" / "train_controller.json").read_text())
+    assert stage_record["seconds"] > 0
     rows = [json.loads(line) for line in (doom_run / "metrics" / "train_controller.jsonl").open()]
     assert rows[-1]["generation"] == 2
     assert checkpoint.latest_step(doom_run / "checkpoints" / "controller_final") == 2
@@ -145,3 +147,17 @@ def test_sweep_of_a_missing_run_is_refused_clearly(tmp_path, capsys):
         sweep.main([str(tmp_path / "nothing")])
     assert exit_.value.code == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_interrupted_stage_keeps_its_wall_time(tmp_path, monkeypatch):
+    from wm_jax import stages
+
+    def interrupted(config, paths, progress=True):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "collect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run("doom_take_cover", "smoke", tmp_path / "r", progress=False)
+    partial = json.loads((tmp_path / "r" / "stages" / "collect.partial.json").read_text())
+    assert partial["seconds"] >= 0
+    assert not (tmp_path / "r" / "stages" / "collect.json").exists()

@@ -213,9 +213,18 @@ def run_config(
             print(f"[{stage}] complete, skipped ({marker})", flush=True)
             continue
         print(f"[{stage}] running", flush=True)
+        # Time spent by earlier, interrupted attempts at this stage (a Ctrl-C or an error
+        # records it; a SIGKILL cannot), so a resumed stage reports its whole wall time.
+        partial = run_dir / "stages" / f"{stage}.partial.json"
+        earlier = json.loads(partial.read_text())["seconds"] if partial.is_file() else 0.0
         start = time.perf_counter()
-        summary = functions[stage](config, paths, progress=progress)
-        seconds = time.perf_counter() - start
+        try:
+            summary = functions[stage](config, paths, progress=progress)
+        except BaseException:
+            atomic_write_json(partial, {"seconds": earlier + time.perf_counter() - start})
+            raise
+        seconds = earlier + time.perf_counter() - start
+        partial.unlink(missing_ok=True)
         record = {
             "stage": stage,
             "seconds": seconds,
