@@ -161,3 +161,11 @@ def test_interrupted_stage_keeps_its_wall_time(tmp_path, monkeypatch):
     partial = json.loads((tmp_path / "r" / "stages" / "collect.partial.json").read_text())
     assert partial["seconds"] >= 0
     assert not (tmp_path / "r" / "stages" / "collect.json").exists()
+
+
+def test_minatar_smoke_end_to_end(tmp_path):
+    # The JAX-native game: M predicts reward and done, so C is trained in the dream.
+    run_dir = tmp_path / "minatar"
+    experiment.run("minatar_breakout", "smoke", run_dir, progress=False)
+    results = _check_run_folder(run_dir, "minatar_breakout", episodes=2)
+    assert results["controller"]["trained_in"] == "dream"

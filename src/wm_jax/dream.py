@@ -37,6 +37,8 @@ REWARD_KINDS = ("survival", "model")
 GAMES = {
     "doom_take_cover": ("survival", ("z", "c", "h")),
     "car_racing": ("model", ("z", "h")),
+    # Not in the paper: the JAX-native demo; M must predict reward and done (its presets do).
+    "minatar_breakout": ("model", ("z", "h")),
 }
 
 

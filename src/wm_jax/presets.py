@@ -124,7 +124,13 @@ def _smoke(config: ExperimentConfig) -> ExperimentConfig:
     return replace(
         config,
         scale="smoke",
-        collect=replace(config.collect, episodes=4, max_frames=60, min_frames=10, workers=2),
+        collect=replace(
+            config.collect,
+            episodes=4,
+            max_frames=60,
+            min_frames=10 if config.experiment == "doom_take_cover" else None,
+            workers=2,
+        ),
         data=replace(config.data, memory_budget_mb=16, encode_batch_size=64),
         vae_train=replace(config.vae_train, batch_size=16, num_epochs=1),
         mdn_rnn=replace(config.mdn_rnn, hidden_size=32),
