@@ -252,6 +252,21 @@ class Trajectory(NamedTuple):
 Policy = Callable[[Any, jax.Array], jax.Array]  # policy(policy_params, obs (obs_dim,)) -> (A,)
 
 
+def _episode_step(env, env_params, policy, num_steps, carry, t, key, policy_params):
+    """One step of an episode's (obs, state, return, length, alive) carry; rewards stop at done
+    (the valid mask) and at `num_steps`. Step t uses `fold_in(key, t)`."""
+    obs, state, episode_return, length, alive = carry
+    alive = alive & (t < num_steps)
+    action = policy(policy_params, obs)
+    obs, state, reward, terminated, _ = env.step_env(
+        jax.random.fold_in(key, t), state, action, env_params
+    )
+    done = terminated | env.is_truncated(state, env_params)
+    episode_return = episode_return + jnp.where(alive, reward, 0.0)
+    length = length + alive.astype(jnp.int32)
+    return (obs, state, episode_return, length, alive & ~done)
+
+
 def rollout(
     key: jax.Array,
     env: DreamEnv,
@@ -272,16 +287,9 @@ def rollout(
     obs, state = env.reset_env(key_reset, env_params)
 
     def one_step(carry, t):
-        obs, state, episode_return, length, alive = carry
-        alive = alive & (t < num_steps)
-        action = policy(policy_params, obs)
-        obs, state, reward, terminated, _ = env.step_env(
-            jax.random.fold_in(key_steps, t), state, action, env_params
-        )
-        done = terminated | env.is_truncated(state, env_params)
-        episode_return = episode_return + jnp.where(alive, reward, 0.0)
-        length = length + alive.astype(jnp.int32)
-        return (obs, state, episode_return, length, alive & ~done), None
+        return _episode_step(
+            env, env_params, policy, num_steps, carry, t, key_steps, policy_params
+        ), None
 
     carry = (obs, state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.array(True))
     if chunk_size is None or chunk_size >= num_steps:
@@ -339,16 +347,7 @@ def rollout_batch(
         sizes.append(sizes[-1] // 2)
 
     def one_step(carry, t, key, params):
-        obs, state, episode_return, length, alive = carry
-        alive = alive & (t < num_steps)
-        action = policy(params, obs)
-        obs, state, reward, terminated, _ = env.step_env(
-            jax.random.fold_in(key, t), state, action, env_params
-        )
-        done = terminated | env.is_truncated(state, env_params)
-        episode_return = episode_return + jnp.where(alive, reward, 0.0)
-        length = length + alive.astype(jnp.int32)
-        return (obs, state, episode_return, length, alive & ~done)
+        return _episode_step(env, env_params, policy, num_steps, carry, t, key, params)
 
     def run_chunk(size, chunk, carry):
         alive = carry[-1]
