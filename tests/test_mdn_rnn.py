@@ -413,3 +413,19 @@ def test_heads_that_are_off_are_neither_trained_nor_reported():
     loss, metrics = _loss_fn(jax.random.key(0), config, _fresh_params(config), batch)
     assert set(metrics) == {"loss", "z_nll"}
     np.testing.assert_allclose(loss, metrics["z_nll"])
+
+
+def test_dream_step_samples_like_sample_next_on_the_normalised_head():
+    # `step` samples from the raw head (softmax of logits / τ, the chosen log σ bounded);
+    # `sample_next` from the normalised one: the same distribution, the same draws.
+    params = _params(SMALL)
+    state = mdn_rnn.initial_state(SMALL, (64,))
+    z = jax.random.normal(jax.random.key(1), (64, 4))
+    action = jax.random.uniform(jax.random.key(2), (64, 2), minval=-1, maxval=1)
+    for i, temperature in enumerate([1e-6, 0.5, 1.15]):
+        key = jax.random.key(10 + i)
+        new_state, z_next, _, _ = _step(key, SMALL, params, state, z, action, temperature)
+        reference_state, output = mdn_rnn.forward_step(SMALL, params, state, z, action)
+        chex.assert_trees_all_close(new_state, reference_state, atol=1e-6)
+        reference = jax.jit(mdn_rnn.sample_next)(key, output, temperature)
+        np.testing.assert_allclose(z_next, reference, atol=1e-5)

@@ -169,7 +169,8 @@ def _bound_log_sigma(raw: jax.Array) -> jax.Array:
     return LOG_SIGMA_MAX - jax.nn.softplus(LOG_SIGMA_MAX - lower)
 
 
-def _head(config: MDNRNNConfig, params: Params, h: jax.Array) -> MDNOutput:
+def _head_raw(config: MDNRNNConfig, params: Params, h: jax.Array):
+    """Unnormalised head: logits, μ, raw log σ (..., Z, K); done logit, reward (...,)."""
     out = h @ params["head"]["kernel"] + params["head"]["bias"]
     batch_shape = out.shape[:-1]
     size = config.latent_dim * config.num_mixtures * 3
@@ -180,6 +181,11 @@ def _head(config: MDNRNNConfig, params: Params, h: jax.Array) -> MDNOutput:
     zeros = jnp.zeros(batch_shape, out.dtype)
     done_logit = extra[..., 0] if config.predict_done else zeros
     reward = extra[..., int(config.predict_done)] if config.predict_reward else zeros
+    return logits, mu, raw_log_sigma, done_logit, reward
+
+
+def _head(config: MDNRNNConfig, params: Params, h: jax.Array) -> MDNOutput:
+    logits, mu, raw_log_sigma, done_logit, reward = _head_raw(config, params, h)
     return MDNOutput(
         log_pi=jax.nn.log_softmax(logits, axis=-1),
         mu=mu,
@@ -187,6 +193,13 @@ def _head(config: MDNRNNConfig, params: Params, h: jax.Array) -> MDNOutput:
         done_logit=done_logit,
         reward=reward,
     )
+
+
+def _lstm_step(config: MDNRNNConfig, params: Params, state: LSTMState, z, action, restart):
+    x = _inputs(config, z, action, restart)
+    state = _reset(state, restart)
+    gates = jnp.concatenate([x, state.h], axis=-1) @ params["lstm"]["kernel"]
+    return _lstm_update(state, gates + params["lstm"]["bias"])
 
 
 def forward_step(
@@ -204,11 +217,29 @@ def forward_step(
     Returns:
         The new state (..., H) and the mixture predicting z(t+1).
     """
-    x = _inputs(config, z, action, restart)
-    state = _reset(state, restart)
-    gates = jnp.concatenate([x, state.h], axis=-1) @ params["lstm"]["kernel"]
-    state = _lstm_update(state, gates + params["lstm"]["bias"])
+    state = _lstm_step(config, params, state, z, action, restart)
     return state, _head(config, params, state.h)
+
+
+def _sample(key, logits, mu, log_sigma, temperature, bound=lambda x: x) -> jax.Array:
+    """z(t+1) from a mixture given by logits (any shift), μ and log σ (..., Z, K).
+
+    World Models §4.4: log π / τ, then noise × √τ. The component is drawn by inverse CDF, one
+    uniform per latent dimension (Gumbel-max needs K logs of logs), and `bound` is applied to the
+    chosen log σ only: the dream's sampling costs a softmax, not a log-softmax plus K clamps.
+    """
+    key_component, key_noise = jax.random.split(key)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    probs = jax.nn.softmax(logits / jnp.maximum(temperature, MIN_TEMPERATURE)[..., None, None])
+    cdf = jnp.cumsum(probs, axis=-1)  # (..., Z, K)
+    u = jax.random.uniform(key_component, cdf.shape[:-1] + (1,), minval=1e-7)  # in (0, 1)
+    # Component k is chosen when cdf[k-1] < u <= cdf[k]; scaling by cdf[-1] absorbs rounding.
+    component = jnp.sum(cdf[..., :-1] < u * cdf[..., -1:], axis=-1, keepdims=True)
+    mu = jnp.take_along_axis(mu, component, axis=-1)[..., 0]
+    log_sigma = bound(jnp.take_along_axis(log_sigma, component, axis=-1)[..., 0])
+    noise = jax.random.normal(key_noise, mu.shape)
+    scale = jnp.sqrt(jnp.maximum(temperature, 0.0))[..., None]
+    return mu + jnp.exp(log_sigma) * scale * noise
 
 
 def sample_next(key: jax.Array, output: MDNOutput, temperature: jax.Array | float) -> jax.Array:
@@ -219,16 +250,7 @@ def sample_next(key: jax.Array, output: MDNOutput, temperature: jax.Array | floa
     Returns:
         z_next (..., Z).
     """
-    key_component, key_noise = jax.random.split(key)
-    temperature = jnp.asarray(temperature, jnp.float32)
-    logits = output.log_pi / jnp.maximum(temperature, MIN_TEMPERATURE)[..., None, None]
-    logits = jax.nn.log_softmax(logits, axis=-1)
-    component = jax.random.categorical(key_component, logits, axis=-1)[..., None]  # (..., Z, 1)
-    mu = jnp.take_along_axis(output.mu, component, axis=-1)[..., 0]
-    log_sigma = jnp.take_along_axis(output.log_sigma, component, axis=-1)[..., 0]
-    noise = jax.random.normal(key_noise, mu.shape)
-    scale = jnp.sqrt(jnp.maximum(temperature, 0.0))[..., None]
-    return mu + jnp.exp(log_sigma) * scale * noise
+    return _sample(key, output.log_pi, output.mu, output.log_sigma, temperature)
 
 
 def step(
@@ -241,9 +263,15 @@ def step(
     temperature: jax.Array | float,
     restart: jax.Array | None = None,
 ) -> tuple[LSTMState, jax.Array, jax.Array, jax.Array]:
-    """The dream's transition: (state, z_next (..., Z), done_logit (...,), reward (...,))."""
-    state, output = forward_step(config, params, state, z, action, restart)
-    return state, sample_next(key, output, temperature), output.done_logit, output.reward
+    """The dream's transition: (state, z_next (..., Z), done_logit (...,), reward (...,)).
+
+    The same numbers as `sample_next(key, forward_step(...)[1], temperature)`, computed on the
+    raw head (see `_sample`).
+    """
+    state = _lstm_step(config, params, state, z, action, restart)
+    logits, mu, raw_log_sigma, done_logit, reward = _head_raw(config, params, state.h)
+    z_next = _sample(key, logits, mu, raw_log_sigma, temperature, bound=_bound_log_sigma)
+    return state, z_next, done_logit, reward
 
 
 def forward_sequence(

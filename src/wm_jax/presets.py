@@ -114,7 +114,7 @@ def _small(config: ExperimentConfig) -> ExperimentConfig:
             initial_frames=256,
         ),
         evolve=evolve_config,
-        evaluate=replace(config.evaluate, episodes=100 if game != "car_racing" else 20),
+        evaluate=replace(config.evaluate, episodes=100),
     )
 
 

@@ -239,6 +239,12 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
     if evaluation_histogram(returns, evaluation.get("random_returns"), out / "evaluation.png"):
         figures["evaluation"] = "evaluation.png"
 
+    fixed_actions = None
+    if config.mdn_rnn.predict_done or config.mdn_rnn.predict_reward:
+        from wm_jax import probe  # plays the real game: only for dreams that pay something
+
+        fixed_actions = probe.probe(config, paths, episodes=min(20, config.evaluate.episodes))
+
     wall = results.get("wall_time_s", {})
     lines = [
         f"# {config.experiment} — World Models in JAX ({config.scale} scale, seed {config.seed})",
@@ -268,6 +274,16 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
     for name, title in sections:
         if name in figures:
             lines += [f"## {title}", "", f"![{title}]({figures[name]})", ""]
+    if fixed_actions:
+        lines += [
+            "## Fixed actions: the dream against the real game",
+            "",
+            "Each action played every step (dream at "
+            f"τ = {config.controller.temperature}). A dream paying far more than the game for "
+            "one of them is an exploit C is likely to find (see `wm_jax.probe`).",
+            "",
+            probe.markdown(fixed_actions),
+        ]
     lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {wall[stage]:.1f} |" for stage in STAGES if stage in wall]
     device = results.get("device", {})
@@ -278,4 +294,5 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
-    return {"figures": sorted(figures.values()), "report": str(out / "report.md")}
+    summary = {"figures": sorted(figures.values()), "report": str(out / "report.md")}
+    return summary | ({"fixed_actions": fixed_actions} if fixed_actions else {})

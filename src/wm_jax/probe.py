@@ -1,0 +1,118 @@
+"""Does the dream agree with the game on the simplest policies? A fixed-action probe.
+
+A controller trained in M's dream learns whatever the dream rewards, including M's mistakes
+(World Models, "Cheating the World Model": C found policies that exploit M's imperfections). The
+cheapest mistakes to find are fixed actions: play one action every step, in the dream and in the
+real game, and compare the returns. Where the dream pays far more than the game for one of them,
+C is likely to learn that action (our first `small` Doom agent held "left" every frame: 1,888
+steps in the dream, 205 in the game) and the dream needs more data where it is wrong (§5's
+iterative training collects exactly there).
+
+`probe(config, paths)` returns one row per fixed action of the game; the report prints them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wm_jax import dream
+
+# Fixed actions worth probing, as controller outputs in [-1, 1] (see each game's wrapper).
+FIXED_ACTIONS: dict[str, dict[str, tuple[float, ...]]] = {
+    "doom_take_cover": {"left": (-1.0,), "stay": (0.0,), "right": (1.0,)},  # thirds
+    "minatar_breakout": {"left": (-1.0,), "noop": (0.0,), "right": (1.0,)},
+    "car_racing": {"idle": (0.0, -1.0, 0.0), "straight, full gas": (0.0, 1.0, 0.0)},
+}
+SEED_OFFSET = 20_000_000  # real-game seeds of the probe, apart from training and evaluation
+
+
+def _constant(action: jax.Array, obs: jax.Array) -> jax.Array:
+    del obs
+    return action
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def _dream_returns(key, env, env_params, action, episodes: int, max_steps: int):
+    keys = jax.random.split(key, episodes)
+    run = jax.vmap(
+        lambda k: dream.rollout(k, env, env_params, _constant, action, max_steps, chunk_size=100)
+    )
+    return run(keys).episode_return  # (episodes,)
+
+
+def dream_returns(key: jax.Array, env, env_params, action, episodes: int) -> np.ndarray:
+    """Returns (episodes,) of dream episodes that play `action` (A,) every step."""
+    max_steps = int(env_params.max_steps_in_episode)
+    action = jnp.asarray(action, jnp.float32)
+    return np.asarray(_dream_returns(key, env, env_params, action, episodes, max_steps))
+
+
+def real_returns(game: str, action, episodes: int, max_steps: int | None = None) -> np.ndarray:
+    """Returns (episodes,) of real episodes that play `action` (A,) every frame."""
+    from wm_jax.envs import make_env
+
+    env = make_env(game) if max_steps is None else make_env(game, max_steps=max_steps)
+    action = np.asarray(action, np.float32)
+    returns = np.zeros(episodes)
+    try:
+        for i in range(episodes):
+            env.reset(SEED_OFFSET + i)
+            done = False
+            while not done:
+                _, reward, terminated, truncated = env.step(action)
+                returns[i] += reward
+                done = terminated or truncated
+    finally:
+        env.close()
+    return returns
+
+
+def probe(config, paths, episodes: int = 20, max_steps: int | None = None) -> list[dict[str, Any]]:
+    """One row per fixed action: its mean and std return in the dream and in the real game.
+
+    Args:
+      config, paths: a run whose M predicts done or reward (its dream has something to pay).
+      episodes: episodes per action in each world.
+      max_steps: the episode cap in both worlds (default: the run's dream cap and the game's).
+    """
+    from wm_jax import stages
+
+    env, env_params = stages.make_dream(config, paths)
+    if max_steps is not None:
+        env_params = env_params.replace(max_steps_in_episode=jnp.asarray(max_steps, jnp.int32))
+    key = jax.random.fold_in(jax.random.key(config.seed), SEED_OFFSET)
+    rows = []
+    for i, (name, action) in enumerate(FIXED_ACTIONS[config.game].items()):
+        in_dream = dream_returns(jax.random.fold_in(key, i), env, env_params, action, episodes)
+        real = real_returns(config.game, action, episodes, max_steps)
+        rows.append(
+            {
+                "action": name,
+                "output": list(action),
+                "dream": {"mean": float(in_dream.mean()), "std": float(in_dream.std())},
+                "real": {"mean": float(real.mean()), "std": float(real.std())},
+                "episodes": episodes,
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The probe as a table; a dream return far above the game's marks a likely exploit."""
+    lines = [
+        "| fixed action | C output | return in dream | return in real game | dream / real |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        dream_mean, real_mean = row["dream"]["mean"], row["real"]["mean"]
+        ratio = f"{dream_mean / real_mean:.1f}×" if real_mean > 0 else "—"
+        lines.append(
+            f"| {row['action']} | {row['output']} | {dream_mean:.0f} ± {row['dream']['std']:.0f} "
+            f"| {real_mean:.0f} ± {row['real']['std']:.0f} | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"
