@@ -165,6 +165,58 @@ def test_forward_sequence_equals_python_loop_of_forward_step():
             np.testing.assert_allclose(got[:, t], want, atol=1e-5, rtol=1e-5)
 
 
+def _forward_sequence_by_steps(config, params, z, actions, restarts=None):
+    """Reference for forward_sequence: a python loop of forward_step, differentiated by autodiff."""
+    state = mdn_rnn.initial_state(config, z.shape[:1])
+    outputs = []
+    for t in range(z.shape[1]):
+        restart = None if restarts is None else restarts[:, t]
+        state, output = mdn_rnn.forward_step(config, params, state, z[:, t], actions[:, t], restart)
+        outputs.append(output)
+    return jax.tree.map(lambda *steps: jnp.stack(steps, axis=1), *outputs)
+
+
+@pytest.mark.parametrize("use_restart", [True, False])
+@pytest.mark.parametrize("restarts", ["mid_sequence", "never"])
+def test_lstm_custom_vjp_gradients_equal_autodiff(monkeypatch, use_restart, restarts):
+    config = dataclasses.replace(SMALL, use_restart=use_restart)
+    params = _params(config)
+    batch = _random_batch(4, config, batch_size=3, seq_len=9)
+    if restarts == "never":
+        batch = batch._replace(restarts=np.zeros_like(batch.restarts))
+    else:
+        assert bool(batch.restarts[:, 1:].any())  # resets happen mid-sequence too
+
+    def loss_and_grads():  # a new function each time, so jit traces it afresh (no cache hit)
+        grad_fn = jax.value_and_grad(mdn_rnn.loss_fn, argnums=2, has_aux=True)
+        return jax.jit(lambda params, batch: grad_fn(jax.random.key(5), config, params, batch))
+
+    (_, metrics), grads = loss_and_grads()(params, batch)
+    monkeypatch.setattr(mdn_rnn, "forward_sequence", _forward_sequence_by_steps)
+    (_, want_metrics), want_grads = loss_and_grads()(params, batch)
+    chex.assert_trees_all_close(metrics, want_metrics, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(grads, want_grads, rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(grads["lstm"]["kernel"]))) > 1e-3  # not trivially zero
+
+
+def test_lstm_custom_vjp_gradient_wrt_inputs_without_restarts():
+    """forward_sequence(restarts=None), differentiated w.r.t. z and actions too; jit == no jit."""
+    params = _params(SMALL)
+    batch = _random_batch(6, SMALL, batch_size=2, seq_len=5)
+    weights = jax.random.normal(jax.random.key(7), (2, 5, 4, 3))
+
+    def objective(forward, params, z, actions):
+        output = forward(SMALL, params, z, actions)
+        return jnp.sum(weights * output.mu) + jnp.sum(output.log_pi) + jnp.sum(output.reward)
+
+    grad_fn = jax.grad(objective, argnums=(1, 2, 3))
+    args = (params, batch.mu[:, :-1], batch.actions)
+    got = jax.jit(grad_fn, static_argnums=0)(mdn_rnn.forward_sequence, *args)
+    want = jax.jit(grad_fn, static_argnums=0)(_forward_sequence_by_steps, *args)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(grad_fn(mdn_rnn.forward_sequence, *args), got, rtol=1e-5, atol=1e-6)
+
+
 def test_restart_zeroes_the_state_before_the_step():
     params = _params(SMALL)
     c, h, z, action = (

@@ -21,6 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from wm_jax.lstm import LSTMState, lstm_layer
+from wm_jax.lstm import reset as _reset
+from wm_jax.lstm import update as _lstm_update
+
 Params = Any
 
 # σ is bounded smoothly to [e^-7, e^2] ≈ [9e-4, 7.4]: latents are ~N(0, 1) and are resampled from
@@ -63,11 +67,6 @@ class MDNTrainConfig:
 
 
 DOOM_TRAIN = MDNTrainConfig(seq_len=500)
-
-
-class LSTMState(NamedTuple):
-    c: jax.Array  # (..., H)
-    h: jax.Array  # (..., H)
 
 
 class MDNOutput(NamedTuple):
@@ -148,19 +147,6 @@ def _inputs(config: MDNRNNConfig, z, action, restart) -> jax.Array:
         flag = jnp.zeros(batch_shape) if restart is None else jnp.asarray(restart, jnp.float32)
         parts.append(flag[..., None])
     return jnp.concatenate(parts, axis=-1)
-
-
-def _reset(state: LSTMState, restart) -> LSTMState:
-    if restart is None:
-        return state
-    keep = ~jnp.asarray(restart, bool)[..., None]
-    return LSTMState(c=jnp.where(keep, state.c, 0.0), h=jnp.where(keep, state.h, 0.0))
-
-
-def _lstm_update(state: LSTMState, gates: jax.Array) -> LSTMState:
-    in_gate, forget_gate, candidate, out_gate = jnp.split(gates, 4, axis=-1)
-    c = jax.nn.sigmoid(forget_gate) * state.c + jax.nn.sigmoid(in_gate) * jnp.tanh(candidate)
-    return LSTMState(c=c, h=jax.nn.sigmoid(out_gate) * jnp.tanh(c))
 
 
 def _bound_log_sigma(raw: jax.Array) -> jax.Array:
@@ -285,22 +271,15 @@ def forward_sequence(
     if jnp.ndim(z) != 3:
         raise ValueError(f"z: expected shape (B, T, {config.latent_dim}), got {jnp.shape(z)}")
     x = _inputs(config, z, actions, restarts)  # (B, T, input)
-    num_inputs = x.shape[-1]
-    kernel, bias = params["lstm"]["kernel"], params["lstm"]["bias"]
-    # The input projection has no recurrence: one large matmul for all steps, outside the scan.
-    input_gates = x @ kernel[:num_inputs] + bias  # (B, T, 4H)
-    recurrent_kernel = kernel[num_inputs:]
     if restarts is None:
         restarts = jnp.zeros(x.shape[:2], bool)
-
-    def body(state, xs):
-        gates, restart = xs
-        state = _reset(state, restart)
-        state = _lstm_update(state, gates + state.h @ recurrent_kernel)
-        return state, state.h
-
-    xs = (jnp.swapaxes(input_gates, 0, 1), jnp.swapaxes(jnp.asarray(restarts, bool), 0, 1))
-    _, hidden = jax.lax.scan(body, initial_state(config, x.shape[:1]), xs)
+    # Time-major for the scan; x is the narrowest tensor to transpose, not the gates (4H).
+    hidden = lstm_layer(
+        jnp.swapaxes(x, 0, 1),  # (T, B, input)
+        jnp.swapaxes(jnp.asarray(restarts, bool), 0, 1),  # (T, B)
+        params["lstm"]["kernel"],
+        params["lstm"]["bias"],
+    )  # (T, B, H)
     return _head(config, params, jnp.swapaxes(hidden, 0, 1))  # head on (B, T, H) at once
 
 
