@@ -195,3 +195,14 @@ def test_controller_plays_a_few_frames_of_each_real_game(models, game, action_di
     )
     np.testing.assert_array_equal(result.lengths, [5, 5])
     assert np.all(np.isfinite(result.returns))
+
+
+def test_random_policy_baseline_is_seeded_on_the_evaluation_seeds():
+    pytest.importorskip("vizdoom")
+    first = evaluate.evaluate_random_policy("doom_take_cover", num_episodes=2)
+    again = evaluate.evaluate_random_policy("doom_take_cover", num_episodes=2)
+    np.testing.assert_array_equal(first.seeds, evaluate.EVAL_SEED_OFFSET + np.arange(2))
+    np.testing.assert_array_equal(first.returns, again.returns)  # same seeds, same episodes
+    # Take Cover pays +1 per frame alive: the return is the episode's length.
+    np.testing.assert_array_equal(first.returns, first.lengths)
+    assert first.mean == pytest.approx(np.mean(first.returns)) and first.mean > 50

@@ -123,3 +123,28 @@ def _dream_eval(key, env, env_params, c_config, flat, num_episodes, max_steps, c
     return evolve.evaluate_population_dream(
         key, env, env_params, c_config, flat, num_episodes, max_steps, chunk_size, compact=True
     )
+
+
+def evaluate_random_policy(
+    game: str, num_episodes: int = 20, seed_offset: int = EVAL_SEED_OFFSET
+) -> EvaluationResult:
+    """The baseline: the game's random-rollout policy (the one V and M's data was collected
+    with), on the evaluation's first `num_episodes` seeds, one episode at a time in this process.
+    """
+    from wm_jax.envs import game_spec, make_env, random_policy
+
+    spec, factory = game_spec(game), random_policy(game)
+    env = make_env(game)
+    returns, lengths, seeds = [], [], seed_offset + np.arange(num_episodes)
+    try:
+        for seed in seeds:
+            policy = factory(spec, int(seed))
+            frame, done, total, steps = env.reset(int(seed)), False, 0.0, 0
+            while not done:
+                frame, reward, terminated, truncated = env.step(policy(frame))
+                total, steps, done = total + reward, steps + 1, terminated or truncated
+            returns.append(total)
+            lengths.append(steps)
+    finally:
+        env.close()
+    return _result(returns, lengths, seeds)

@@ -38,6 +38,7 @@ PAPER_DOOM = {  # τ: (score in dream, score in real game)
     1.15: ("918 ± 546", "1092 ± 556"),
     1.30: ("732 ± 269", "753 ± 139"),
 }
+_WHERE = {"real": "real game", "dream": "dream"}
 GIF_FRAMES = 300  # real frames shown; every second one is drawn (15 fps of a 30 fps game)
 
 
@@ -196,7 +197,7 @@ def results_table(config: ExperimentConfig, evaluation: dict) -> str:
         )
     if config.game == "car_racing":
         method, paper = PAPER_CAR_RACING[config.controller.kind]
-        where = f"C trained in the {config.controller.train_in}"
+        where = f"C trained in the {_WHERE[config.controller.train_in]}"
         return (
             "| method | score (ours) | score (paper) |\n|---|---|---|\n"
             f"| {method} ({where}) | {ours} | {paper} |\n"
@@ -236,7 +237,8 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
     if episode_gif(config, paths, vae_params, mdn_params, out / "real_vae_dream.gif"):
         figures["gif"] = "real_vae_dream.gif"
     returns = evaluation.get("returns", [])
-    if evaluation_histogram(returns, evaluation.get("random_returns"), out / "evaluation.png"):
+    random_returns = (evaluation.get("random_policy") or {}).get("returns")
+    if evaluation_histogram(returns, random_returns, out / "evaluation.png"):
         figures["evaluation"] = "evaluation.png"
 
     fixed_actions = None
@@ -257,9 +259,17 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
         lines += [
             f"Real game: **{evaluation['mean']:.1f} ± {evaluation['std']:.1f}** over "
             f"{evaluation['episodes']} episodes (seeds never used in training); C trained in "
-            f"the {config.controller.train_in} for {controller.get('generations')} generations.",
+            f"the {_WHERE[config.controller.train_in]} for {controller.get('generations')} "
+            "generations.",
             "",
         ]
+        if evaluation.get("random_policy"):
+            baseline = evaluation["random_policy"]
+            lines += [
+                f"The random policy the data was collected with: {baseline['mean']:.1f} ± "
+                f"{baseline['std']:.1f} over the first {baseline['episodes']} of the same seeds.",
+                "",
+            ]
     sections = [
         ("evaluation", "Returns in the real game"),
         ("reconstructions", "V: originals (top) and reconstructions (bottom)"),

@@ -331,6 +331,14 @@ def evaluate(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -
         "lengths": [int(n) for n in result.lengths],
         "seeds": [int(s) for s in result.seeds],
     }
+    # The baseline beside it, on the first of the same seeds (tracks / levels).
+    baseline = evaluation.evaluate_random_policy(config.game, min(20, config.evaluate.episodes))
+    summary["random_policy"] = {
+        "episodes": len(baseline.returns),
+        "mean": baseline.mean,
+        "std": baseline.std,
+        "returns": [float(r) for r in baseline.returns],
+    }
     if config.mdn_rnn.predict_done or config.mdn_rnn.predict_reward:
         # World Models, Table 2: the score in the dream beside the score in the real game.
         env, env_params = make_dream(config, paths)
