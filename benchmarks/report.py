@@ -139,7 +139,8 @@ def _machine_line(record: dict[str, Any]) -> str:
         f"Machine: {m['cpu_model']}, {m['cores_usable']} cores usable ({m['cpu_count']} "
         f"CPUs); JAX {m['jax']} on {', '.join(m['jax_devices'])}; torch {torch}; NumPy "
         f"{m['numpy']}; Python {m['python']}. Load average (1, 5, 15 min) at the start: "
-        f"{[round(x, 2) for x in m.get('load_average_1_5_15', [])]}. Settings: "
+        f"{[round(x, 2) for x in m.get('load_average_1_5_15', [])]}; malloc "
+        f"{m.get('malloc', 'default')} (`wm_jax.runtime`). Settings: "
         f"`{record['settings']['name']}`. {record.get('note', '')}"
     )
 

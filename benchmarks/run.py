@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import numpy_reference, peak, report
-from wm_jax import controller, dream, evolve, mdn_rnn, vae
+from wm_jax import controller, dream, evolve, mdn_rnn, runtime, vae
 
 SECTIONS = ("dream", "cma", "vae", "mdn", "collect", "car_racing")
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -725,7 +725,7 @@ def run(
     name: str | None = None,
 ) -> dict[str, Any]:
     """Runs the chosen sections and writes the JSON, markdown and plot; returns the record."""
-    machine = peak.machine_info()
+    machine = peak.machine_info() | {"malloc": runtime.malloc_mode()}
     tch = load_torch()
     record: dict[str, Any] = {"machine": machine, "settings": dataclasses.asdict(settings)}
     record["name"] = name or _default_name(machine, settings, only)
@@ -772,6 +772,7 @@ def _default_name(machine, settings: Settings, only) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    runtime.tune_malloc()  # as the library's entry points do (see wm_jax.runtime)
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
     )

@@ -2,6 +2,10 @@
 
 import pytest
 
+from wm_jax import runtime
+
+runtime.tune_malloc()  # the suite runs XLA:CPU as the entry points do (faster: no page faults)
+
 
 @pytest.fixture(scope="session")
 def doom_smoke_run(tmp_path_factory):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wm_jax import config as cfg
+from wm_jax import runtime
 from wm_jax.checkpoint import atomic_write_json
 from wm_jax.presets import preset
 
@@ -158,6 +159,7 @@ def environment_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "machine": platform.platform(),
         "cpus": __import__("os").cpu_count(),
+        "malloc": runtime.malloc_mode(),
     }
 
 
@@ -278,6 +280,7 @@ def run_command(call: Callable[[], Any], errors: tuple[type[Exception], ...] = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.tune_malloc()  # before XLA's first allocations
     args = parse_args(argv)
     try:
         results = run_command(

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from wm_jax import config as cfg
-from wm_jax import experiment
+from wm_jax import experiment, runtime
 from wm_jax.checkpoint import atomic_write_json, atomic_write_text
 
 INDEX_OFFSET = 1_000_000  # iteration k's new episodes are k * INDEX_OFFSET + i
@@ -367,6 +367,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.tune_malloc()  # before XLA's first allocations
     parser = argparse.ArgumentParser(
         prog="python -m wm_jax.iterative",
         description="World Models §5: collect with C, retrain M on all data and C in the dream, "

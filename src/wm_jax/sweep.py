@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wm_jax import config as cfg
-from wm_jax import experiment
+from wm_jax import experiment, runtime
 from wm_jax.checkpoint import atomic_write_json, atomic_write_text
 from wm_jax.report import PAPER_DOOM
 
@@ -117,6 +117,7 @@ def write_table(out_dir: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.tune_malloc()  # before XLA's first allocations
     parser = argparse.ArgumentParser(
         prog="python -m wm_jax.sweep",
         description="Fill the paper's temperature table (Doom) from one trained M.",
