@@ -36,10 +36,7 @@ def lstm_scan(x, restarts, kernel, bias):
 
     The state is zeroed where `restarts` (T, B) is set, before the step.
     """
-    num_inputs = x.shape[-1]
-    # The input projection has no recurrence: one large matmul for all steps, outside the scan.
-    input_gates = x @ kernel[:num_inputs] + bias  # (T, B, 4H)
-    recurrent_kernel = kernel[num_inputs:]  # (H, 4H)
+    input_gates, recurrent_kernel, initial = _project(x, kernel, bias)
 
     def body(state, xs):
         gates, restart = xs  # (B, 4H), (B,)
@@ -47,9 +44,18 @@ def lstm_scan(x, restarts, kernel, bias):
         state = update(state, gates + state.h @ recurrent_kernel)
         return state, state.h
 
-    zeros = jnp.zeros((x.shape[1], recurrent_kernel.shape[0]), input_gates.dtype)
-    _, hidden = jax.lax.scan(body, LSTMState(c=zeros, h=zeros), (input_gates, restarts))
+    _, hidden = jax.lax.scan(body, initial, (input_gates, restarts))
     return hidden
+
+
+def _project(x, kernel, bias):
+    """Input gates (T, B, 4H), the recurrent kernel (H, 4H) and the zero state (B, H)."""
+    num_inputs = x.shape[-1]
+    # The input projection has no recurrence: one large matmul for all steps, outside the scan.
+    input_gates = x @ kernel[:num_inputs] + bias
+    recurrent_kernel = kernel[num_inputs:]
+    zeros = jnp.zeros((x.shape[1], recurrent_kernel.shape[0]), input_gates.dtype)
+    return input_gates, recurrent_kernel, LSTMState(c=zeros, h=zeros)
 
 
 @jax.custom_vjp
@@ -67,9 +73,7 @@ def lstm_layer(x, restarts, kernel, bias):
 
 
 def lstm_layer_fwd(x, restarts, kernel, bias):
-    num_inputs = x.shape[-1]
-    input_gates = x @ kernel[:num_inputs] + bias  # (T, B, 4H)
-    recurrent_kernel = kernel[num_inputs:]  # (H, 4H)
+    input_gates, recurrent_kernel, initial = _project(x, kernel, bias)
 
     def body(state, xs):
         gates, restart = xs  # (B, 4H), (B,)
@@ -83,11 +87,8 @@ def lstm_layer_fwd(x, restarts, kernel, bias):
         h = o * jnp.tanh(c)
         return LSTMState(c=c, h=h), (h, state.c, jnp.concatenate([i, f, g, o], axis=-1))
 
-    zeros = jnp.zeros((x.shape[1], recurrent_kernel.shape[0]), input_gates.dtype)
     # hidden h(t), c(t-1) after the reset (T, B, H); activations i, f, g, o (T, B, 4H).
-    _, (hidden, c_prev, activations) = jax.lax.scan(
-        body, LSTMState(c=zeros, h=zeros), (input_gates, restarts)
-    )
+    _, (hidden, c_prev, activations) = jax.lax.scan(body, initial, (input_gates, restarts))
     return hidden, (x, restarts, kernel, hidden, c_prev, activations)
 
 
