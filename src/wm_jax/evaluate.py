@@ -131,14 +131,29 @@ def evaluate_random_policy(
     """The baseline: the game's random-rollout policy (the one V and M's data was collected
     with), on the evaluation's first `num_episodes` seeds, one episode at a time in this process.
     """
-    from wm_jax.envs import game_spec, make_env, random_policy
+    from wm_jax.envs import game_spec, random_policy
 
     spec, factory = game_spec(game), random_policy(game)
-    env = make_env(game)
-    returns, lengths, seeds = [], [], seed_offset + np.arange(num_episodes)
+    seeds = seed_offset + np.arange(num_episodes)
+    return play_in_process(game, lambda seed: factory(spec, seed), seeds)
+
+
+def play_in_process(
+    game: str, policy_for: Any, seeds: np.ndarray, max_steps: int | None = None
+) -> EvaluationResult:
+    """One real episode per seed, one after another in this process (no worker pool).
+
+    Args:
+      policy_for: seed -> policy(frame (64, 64, 3) uint8) -> action (A,) in [-1, 1].
+      max_steps: the episode cap (default: the game's).
+    """
+    from wm_jax.envs import make_env
+
+    env = make_env(game) if max_steps is None else make_env(game, max_steps=max_steps)
+    returns, lengths = [], []
     try:
         for seed in seeds:
-            policy = factory(spec, int(seed))
+            policy = policy_for(int(seed))
             frame, done, total, steps = env.reset(int(seed)), False, 0.0, 0
             while not done:
                 frame, reward, terminated, truncated = env.step(policy(frame))

@@ -83,7 +83,7 @@ def lstm_layer_fwd(x, restarts, kernel, bias):
         )
         i, f, o = jax.nn.sigmoid(in_gate), jax.nn.sigmoid(forget_gate), jax.nn.sigmoid(out_gate)
         g = jnp.tanh(candidate)
-        c = f * state.c + i * g  # the operations of _lstm_update
+        c = f * state.c + i * g  # the operations of `update`
         h = o * jnp.tanh(c)
         return LSTMState(c=c, h=h), (h, state.c, jnp.concatenate([i, f, g, o], axis=-1))
 

@@ -56,22 +56,11 @@ def dream_returns(key: jax.Array, env, env_params, action, episodes: int) -> np.
 
 def real_returns(game: str, action, episodes: int, max_steps: int | None = None) -> np.ndarray:
     """Returns (episodes,) of real episodes that play `action` (A,) every frame."""
-    from wm_jax.envs import make_env
+    from wm_jax.evaluate import play_in_process
 
-    env = make_env(game) if max_steps is None else make_env(game, max_steps=max_steps)
     action = np.asarray(action, np.float32)
-    returns = np.zeros(episodes)
-    try:
-        for i in range(episodes):
-            env.reset(SEED_OFFSET + i)
-            done = False
-            while not done:
-                _, reward, terminated, truncated = env.step(action)
-                returns[i] += reward
-                done = terminated or truncated
-    finally:
-        env.close()
-    return returns
+    seeds = SEED_OFFSET + np.arange(episodes)
+    return play_in_process(game, lambda seed: lambda frame: action, seeds, max_steps).returns
 
 
 def probe(config, paths, episodes: int = 20, max_steps: int | None = None) -> list[dict[str, Any]]:
