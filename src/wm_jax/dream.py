@@ -79,7 +79,7 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
             raise DreamNotTrainableError(
                 "cannot train in the dream with reward='model': this M has no reward head "
                 "(MDNRNNConfig.predict_reward=False). Train M with predict_reward=True, or "
-                "train the controller in the real game (wm_jax.evolve.train_in_real)."
+                "train the controller in the real game (wm_jax.evolve_real.train_in_real)."
             )
         if inputs[0] != "z" or any(name not in ("z", "c", "h") for name in inputs):
             raise ValueError(f"inputs must start with 'z' and name z, c, h; got {inputs}")
@@ -217,7 +217,7 @@ def make_dream(game: str, config: mdn_rnn.MDNRNNConfig) -> tuple[DreamEnv, int]:
             f"cannot train {game} in the dream: its M has no reward head "
             "(MDNRNNConfig.predict_reward=False), so the dream has no reward to maximise. "
             "Train M with predict_reward=True, or evolve the controller in the real game "
-            "(wm_jax.evolve.train_in_real), as the paper did."
+            "(wm_jax.evolve_real.train_in_real), as the paper did."
         )
     return DreamEnv(config, reward=reward, inputs=inputs), envs.game_spec(game).max_steps
 

@@ -1,10 +1,9 @@
-"""CMA-ES for the controller, in the dream or in the real game (World Models §3.3, Appendix).
+"""CMA-ES for the controller, trained in the dream (World Models §3.3, §4.4, Appendix).
 
-In the dream a whole generation (ask → population × rollouts × steps → tell) is one jitted
-function, and `generations_per_call` generations run inside one `lax.scan`; the Python loop
-around it only logs (tqdm, JSONL) and checkpoints (brax's ppo `train.py`, purejaxrl). In the
-real game each generation's rollouts go to worker processes (`wm_jax.real_rollout`), with ask
-and tell still jitted.
+A whole generation (ask → population × rollouts × steps → tell) is one jitted function, and
+`generations_per_call` generations run inside one `lax.scan`; the Python loop around it
+(`wm_jax.evolve_loop`) only logs and checkpoints (brax's ppo `train.py`, purejaxrl). The
+configuration and state here also serve training in the real game (`wm_jax.evolve_real`).
 
 evosax minimises, so fitness = − mean return over a member's rollouts. Generation g's
 randomness is `fold_in(key, g)`, so a run restored from a checkpoint continues exactly as if it
@@ -15,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,10 +24,8 @@ import numpy as np
 from evosax.algorithms import CMA_ES
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
-from wm_jax import checkpoint, controller, dream
+from wm_jax import controller, dream, evolve_loop
 
 # Real-game seeds: training episodes use [0, SELECTION_SEED_OFFSET), the every-`eval_every`
 # evaluations of the ES mean [SELECTION_SEED_OFFSET, TRAIN_SEED_LIMIT), and the final evaluation
@@ -325,113 +320,6 @@ def make_dream_evolver(
     return DreamEvolver(run, evaluate_mean, strategy, es_params)
 
 
-def _record_eval(state: EvolveState, eval_returns: np.ndarray) -> tuple[EvolveState, float]:
-    score = float(np.nanmean(eval_returns))
-    if score > float(state.best_eval_return):
-        state = state.replace(
-            best_eval_return=jnp.asarray(score, jnp.float32), best_eval_params=state.es_state.mean
-        )
-    return state, score
-
-
-class _Logger:
-    """JSONL metrics + tqdm bar; on resume, drops log lines past the restored generation."""
-
-    def __init__(self, log_path, start: int, total: int, progress: bool):
-        self.path = Path(log_path) if log_path is not None else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            kept = []
-            if self.path.exists():
-                for line in self.path.read_text().splitlines():
-                    if line.strip() and json.loads(line)["generation"] <= start:
-                        kept.append(line)
-            checkpoint.atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
-        self.bar = tqdm(total=total, initial=start, disable=not progress, desc="CMA-ES", unit="gen")
-
-    def log(self, rows: list[dict]) -> None:
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
-        last = rows[-1]
-        self.bar.update(len(rows))
-        self.bar.set_postfix(
-            best=f"{last['best_return']:.1f}",
-            mean=f"{last['mean_return']:.1f}",
-            worst=f"{last['worst_return']:.1f}",
-            sigma=f"{last['sigma']:.4f}",
-            s_per_gen=f"{last['seconds_per_generation']:.2f}",
-        )
-
-    def close(self):
-        self.bar.close()
-
-
-def _restore_or(state: EvolveState, checkpoint_dir) -> EvolveState:
-    if checkpoint_dir is None or checkpoint.latest_step(checkpoint_dir) is None:
-        return state
-    return checkpoint.restore(checkpoint_dir, target=state)
-
-
-def _run_loop(
-    state: EvolveState,
-    advance: Callable[[EvolveState], tuple[EvolveState, list[dict]]],
-    evaluate_mean: Callable[[EvolveState], np.ndarray] | None,
-    config: EvolveConfig,
-    num_generations: int,
-    checkpoint_dir,
-    checkpoint_config: dict,
-    log_path,
-    progress: bool,
-) -> EvolveState:
-    """The host loop shared by dream and real training: log, evaluate, checkpoint."""
-    logger = _Logger(log_path, state.generation, num_generations, progress)
-    # CMA-ES decomposes the D x D covariance every generation (D = 1,088 for Doom). On the CPU
-    # that eigh runs in OpenBLAS, whose threads fight XLA's: measured on 2 cores, 9.0 s per
-    # decomposition with OpenBLAS's default 2 threads against 0.13 s with 1.
-    blas_limit = threadpool_limits(1, user_api="blas")
-    try:
-        while state.generation < num_generations:
-            start = time.perf_counter()
-            state, rows = advance(state)
-            seconds = (time.perf_counter() - start) / len(rows)
-            for row in rows:
-                row["seconds_per_generation"] = seconds
-            generation = state.generation
-            due = config.eval_every and generation % config.eval_every == 0
-            if evaluate_mean is not None and due:
-                state, score = _record_eval(state, np.asarray(evaluate_mean(state)))
-                rows[-1]["eval_return"] = score
-                rows[-1]["best_eval_return"] = float(state.best_eval_return)
-            logger.log(rows)
-            if (
-                checkpoint_dir is not None
-                and config.checkpoint_every
-                and (generation % config.checkpoint_every == 0 or generation >= num_generations)
-            ):
-                checkpoint.save(
-                    checkpoint_dir,
-                    state,
-                    step=generation,
-                    config=checkpoint_config,
-                    keep=config.keep_checkpoints,
-                )
-    finally:
-        logger.close()
-        blas_limit.restore_original_limits()
-    return state
-
-
-def _checkpoint_config(kind: str, c_config, config: EvolveConfig, **extra) -> dict:
-    return {
-        "kind": kind,
-        "controller": controller.config_to_dict(c_config),
-        "evolve": dataclasses.asdict(config),
-        **extra,
-    }
-
-
 def train_in_dream(
     key: jax.Array,
     env: dream.DreamEnv,
@@ -452,7 +340,7 @@ def train_in_dream(
       the best single member.
     """
     evolver = make_dream_evolver(env, c_config, config)
-    state = _restore_or(init_state(key, c_config, config), checkpoint_dir)
+    state = evolve_loop.restore_or(init_state(key, c_config, config), checkpoint_dir)
     if num_generations % config.generations_per_call:
         raise ValueError(
             f"num_generations={num_generations} must be a multiple of generations_per_call="
@@ -468,14 +356,14 @@ def train_in_dream(
         ]
         return state, rows
 
-    return _run_loop(
+    return evolve_loop.run_loop(
         state,
         advance,
         lambda s: evolver.evaluate_mean(s, env_params),
         config,
         num_generations,
         checkpoint_dir,
-        _checkpoint_config("dream", c_config, config, reward=env.reward_kind),
+        evolve_loop.checkpoint_config("dream", c_config, config, reward=env.reward_kind),
         log_path,
         progress,
     )
@@ -484,82 +372,3 @@ def train_in_dream(
 def _scalar(value) -> float | int:
     value = np.asarray(value)
     return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
-
-
-def train_seeds(generation: int, population_size: int, rollouts_per_member: int) -> np.ndarray:
-    """Game seeds of generation g: distinct across members, rollouts and generations.
-
-    Returns:
-      (P, R) int64 seeds in [0, SELECTION_SEED_OFFSET).
-    """
-    per_generation = population_size * rollouts_per_member
-    first = generation * per_generation
-    if first + per_generation > SELECTION_SEED_OFFSET:
-        raise ValueError(f"generation {generation} would reach the evaluation seeds")
-    return (first + np.arange(per_generation)).reshape(population_size, rollouts_per_member)
-
-
-def train_in_real(
-    key: jax.Array,
-    evaluate_fn: Callable[[jax.Array, np.ndarray, np.ndarray], np.ndarray],
-    c_config: controller.ControllerConfig,
-    config: EvolveConfig,
-    num_generations: int,
-    *,
-    checkpoint_dir: str | Path | None = None,
-    log_path: str | Path | None = None,
-    progress: bool = True,
-) -> EvolveState:
-    """Evolve C in the real game, as the paper did for CarRacing.
-
-    Args:
-      evaluate_fn: (key, flat_params (P, D), seeds (P, R)) -> returns (P, R), NaN for lost
-        episodes; usually `functools.partial(real_rollout.evaluate_population_real, pool=...,
-        models=..., c_config=...)` (see `real_rollout.population_evaluator`).
-    """
-    strategy, es_params = make_strategy(config, controller.num_params(c_config))
-    state = _restore_or(init_state(key, c_config, config), checkpoint_dir)
-    num_eval = config.eval_rollouts
-    eval_seeds = SELECTION_SEED_OFFSET + np.arange(num_eval)
-    if config.generations_per_call != 1:
-        config = dataclasses.replace(config, generations_per_call=1)
-
-    def advance(state):
-        es_state = state.es_state
-        generation = int(es_state.generation_counter)
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), generation)
-        key_ask, key_eval, key_tell = jax.random.split(key, 3)
-        population, es_state = strategy.ask(key_ask, es_state, es_params)
-        seeds = train_seeds(generation, config.population_size, config.rollouts_per_member)
-        returns = np.asarray(evaluate_fn(key_eval, np.asarray(population), seeds), np.float32)
-        mean_returns = np.nanmean(returns, axis=1)  # all-NaN members rank last in evosax
-        es_state, _ = strategy.tell(
-            key_tell, population, -jnp.asarray(mean_returns), es_state, es_params
-        )
-        row = {
-            "generation": int(es_state.generation_counter),
-            "best_return": float(np.nanmax(mean_returns)),
-            "mean_return": float(np.nanmean(mean_returns)),
-            "worst_return": float(np.nanmin(mean_returns)),
-            "sigma": float(es_state.std),
-            "best_ever_return": float(-es_state.best_fitness),
-            "lost_episodes": int(np.isnan(returns).sum()),
-        }
-        return state.replace(es_state=es_state), [row]
-
-    def evaluate_mean(state):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 2**30)
-        flat = np.asarray(state.es_state.mean)[None]
-        return evaluate_fn(key, flat, eval_seeds[None]).reshape(-1)
-
-    return _run_loop(
-        state,
-        advance,
-        evaluate_mean,
-        config,
-        num_generations,
-        checkpoint_dir,
-        _checkpoint_config("real", c_config, config),
-        log_path,
-        progress,
-    )

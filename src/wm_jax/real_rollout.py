@@ -257,7 +257,7 @@ def population_evaluator(
     **kwargs,
 ) -> Callable[[jax.Array, np.ndarray, np.ndarray], np.ndarray]:
     """`evaluate_fn(key, flat_params (P, D), seeds (P, R)) -> returns (P, R)` for
-    `wm_jax.evolve.train_in_real`."""
+    `wm_jax.evolve_real.train_in_real`."""
 
     def evaluate_fn(key, flat_params, seeds):
         seeds = np.asarray(seeds)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import checkpoint, controller, dream, evolve, mdn_rnn, training_loop, vae
+from wm_jax import checkpoint, controller, dream, evolve, evolve_real, mdn_rnn, training_loop, vae
 from wm_jax.config import ExperimentConfig
 from wm_jax.data import EpisodeStore, encode_store, frame_batches, load_encoded, sequence_batches
 from wm_jax.envs.collect import collect as collect_episodes
@@ -247,7 +247,7 @@ def train_controller(
                 max_steps=config.evolve.max_steps,
                 progress=False,
             )
-            state = evolve.train_in_real(
+            state = evolve_real.train_in_real(
                 key, evaluate_fn, c_config, config.evolve, config.controller.generations, **common
             )
         finally:

@@ -1,0 +1,98 @@
+"""CMA-ES for C in the real game, as the paper trained CarRacing's controller (§3.3, Appendix).
+
+Each generation: ask (jitted) → the population's rollouts on the worker pool
+(`wm_jax.real_rollout`) → tell (jitted). Training episodes use game seeds below
+`evolve.SELECTION_SEED_OFFSET`, each seed once per run, so no track is seen twice and none
+reaches the evaluation seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wm_jax import controller, evolve, evolve_loop
+
+
+def train_seeds(generation: int, population_size: int, rollouts_per_member: int) -> np.ndarray:
+    """Game seeds of generation g: distinct across members, rollouts and generations.
+
+    Returns:
+      (P, R) int64 seeds in [0, evolve.SELECTION_SEED_OFFSET).
+    """
+    per_generation = population_size * rollouts_per_member
+    first = generation * per_generation
+    if first + per_generation > evolve.SELECTION_SEED_OFFSET:
+        raise ValueError(f"generation {generation} would reach the evaluation seeds")
+    return (first + np.arange(per_generation)).reshape(population_size, rollouts_per_member)
+
+
+def train_in_real(
+    key: jax.Array,
+    evaluate_fn: Callable[[jax.Array, np.ndarray, np.ndarray], np.ndarray],
+    c_config: controller.ControllerConfig,
+    config: evolve.EvolveConfig,
+    num_generations: int,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    log_path: str | Path | None = None,
+    progress: bool = True,
+) -> evolve.EvolveState:
+    """Evolve C in the real game, as the paper did for CarRacing.
+
+    Args:
+      evaluate_fn: (key, flat_params (P, D), seeds (P, R)) -> returns (P, R), NaN for lost
+        episodes; usually `functools.partial(real_rollout.evaluate_population_real, pool=...,
+        models=..., c_config=...)` (see `real_rollout.population_evaluator`).
+    """
+    strategy, es_params = evolve.make_strategy(config, controller.num_params(c_config))
+    state = evolve_loop.restore_or(evolve.init_state(key, c_config, config), checkpoint_dir)
+    num_eval = config.eval_rollouts
+    eval_seeds = evolve.SELECTION_SEED_OFFSET + np.arange(num_eval)
+    if config.generations_per_call != 1:
+        config = dataclasses.replace(config, generations_per_call=1)
+
+    def advance(state):
+        es_state = state.es_state
+        generation = int(es_state.generation_counter)
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), generation)
+        key_ask, key_eval, key_tell = jax.random.split(key, 3)
+        population, es_state = strategy.ask(key_ask, es_state, es_params)
+        seeds = train_seeds(generation, config.population_size, config.rollouts_per_member)
+        returns = np.asarray(evaluate_fn(key_eval, np.asarray(population), seeds), np.float32)
+        mean_returns = np.nanmean(returns, axis=1)  # all-NaN members rank last in evosax
+        es_state, _ = strategy.tell(
+            key_tell, population, -jnp.asarray(mean_returns), es_state, es_params
+        )
+        row = {
+            "generation": int(es_state.generation_counter),
+            "best_return": float(np.nanmax(mean_returns)),
+            "mean_return": float(np.nanmean(mean_returns)),
+            "worst_return": float(np.nanmin(mean_returns)),
+            "sigma": float(es_state.std),
+            "best_ever_return": float(-es_state.best_fitness),
+            "lost_episodes": int(np.isnan(returns).sum()),
+        }
+        return state.replace(es_state=es_state), [row]
+
+    def evaluate_mean(state):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 2**30)
+        flat = np.asarray(state.es_state.mean)[None]
+        return evaluate_fn(key, flat, eval_seeds[None]).reshape(-1)
+
+    return evolve_loop.run_loop(
+        state,
+        advance,
+        evaluate_mean,
+        config,
+        num_generations,
+        checkpoint_dir,
+        evolve_loop.checkpoint_config("real", c_config, config),
+        log_path,
+        progress,
+    )
