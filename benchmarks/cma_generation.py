@@ -8,7 +8,8 @@ M is calibrated so that episodes under a random controller last about `--target-
 Modes:
   full     one `lax.scan` of 2,100 steps for every episode (the worst case);
   early    `lax.while_loop` over 50-step scan chunks that stops once every episode is done;
-  compact  the same chunks, each run only on the episodes still alive (`dream.rollout_batch`).
+  compact  the same chunks, each run only on the episodes still alive
+           (`dream_rollout.rollout_batch`).
 
 Compilation is timed apart (ahead-of-time `lower().compile()`), then `--generations` are timed.
 

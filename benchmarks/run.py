@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import numpy_reference, peak, report
-from wm_jax import controller, dream, evolve, mdn_rnn, runtime, vae
+from wm_jax import controller, dream, dream_rollout, evolve, mdn_rnn, runtime, vae
 
 SECTIONS = ("dream", "cma", "vae", "mdn", "collect", "car_racing")
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -280,9 +280,10 @@ def _dream_weights(game: DreamGame, seed: int = 0):
 def _jax_dream_fn(game: DreamGame, batch: int, num_steps: int, impl: str) -> Callable:
     """fn(key, model_params, policy_params, initial_mu) -> total return of `batch` rollouts.
 
-    impl "dream": `vmap` over rollouts of `wm_jax.dream.rollout` (a `lax.scan` over steps), the
-    path `wm_jax.evolve` uses. impl "batched": one `lax.scan` over steps of `mdn_rnn.step` +
-    `controller.act` on (batch, ...) arrays, one key per step for the whole batch.
+    impl "dream": `vmap` over rollouts of `wm_jax.dream_rollout.rollout` (a `lax.scan` over
+    steps), the path `wm_jax.evolve` uses. impl "batched": one `lax.scan` over steps of
+    `mdn_rnn.step` + `controller.act` on (batch, ...) arrays, one key per step for the whole
+    batch.
     """
     env = dream.DreamEnv(game.mdn, reward=game.reward, inputs=game.controller.inputs)
 
@@ -297,7 +298,9 @@ def _jax_dream_fn(game: DreamGame, batch: int, num_steps: int, impl: str) -> Cal
             )
 
             def one(rollout_key):
-                return dream.rollout(rollout_key, env, env_params, policy, policy_params, num_steps)
+                return dream_rollout.rollout(
+                    rollout_key, env, env_params, policy, policy_params, num_steps
+                )
 
             return jnp.sum(jax.vmap(one)(jax.random.split(key, batch)).episode_return)
 

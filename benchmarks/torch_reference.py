@@ -288,7 +288,7 @@ def dream_rollout(
     """A batch of dream rollouts, one Python iteration per step, until done or `num_steps`.
 
     Every step runs for every rollout (a batch is stepped in lockstep); returns and lengths stop
-    counting at done (the same valid mask as wm_jax.dream.rollout).
+    counting at done (the same valid mask as wm_jax.dream_rollout.rollout).
 
     Args:
       z0: (B, Z) first latent codes.

@@ -7,7 +7,7 @@ Layout of `mdn_rnn.init_params`: lstm kernel (input + H, 4H) with gates [i, f, g
 import jax
 import jax.numpy as jnp
 
-from wm_jax import mdn_rnn
+from wm_jax import controller, dream, mdn_rnn
 
 SATURATE = 20.0  # gate pre-activation that makes a sigmoid 1 (or 0 when negated)
 
@@ -82,3 +82,30 @@ def bump_reward_model(target: float = 0.5, sharpness: float = 3.0, width: float 
     }
     best_reward = 2 * float(jnp.tanh(jnp.tanh(sharpness * width)))
     return config, params, best_reward
+
+
+# Doom-shaped but tiny: z 4, LSTM 8, restart input, done head.
+M_CONFIG = mdn_rnn.MDNRNNConfig(
+    latent_dim=4, action_dim=1, hidden_size=8, num_mixtures=3, use_restart=True, predict_done=True
+)
+C_CONFIG = controller.ControllerConfig(
+    inputs=("z", "c", "h"), latent_dim=4, hidden_size=8, action_dim=1, use_bias=False
+)
+
+
+def make(temperature=1.0, max_steps=30, model_key=0, done_bias=None):
+    env, _ = dream.make_dream("doom_take_cover", M_CONFIG)
+    m_params = mdn_rnn.init_params(jax.random.key(model_key), M_CONFIG)
+    if done_bias is not None:
+        m_params["head"]["bias"] = m_params["head"]["bias"].at[-1].set(done_bias)
+    initial_mu = jax.random.normal(jax.random.key(10), (5, 4))
+    initial_logvar = jnp.full((5, 4), -2.0)
+    params = env.make_params(m_params, initial_mu, initial_logvar, temperature, max_steps)
+    return env, params
+
+
+def policy(params, obs):
+    return controller.act(C_CONFIG, params, obs)
+
+
+C_PARAMS = controller.init_params(jax.random.key(3), C_CONFIG, scale=0.5)

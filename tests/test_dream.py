@@ -1,41 +1,13 @@
 """The dream as a gymnax environment: shapes, M equivalence, masks, traces, temperature."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from dream_toys import counter_model
+from dream_toys import C_PARAMS, M_CONFIG, make, policy
 
-from wm_jax import controller, dream, mdn_rnn, vae
-
-# Doom-shaped but tiny: z 4, LSTM 8, restart input, done head.
-M_CONFIG = mdn_rnn.MDNRNNConfig(
-    latent_dim=4, action_dim=1, hidden_size=8, num_mixtures=3, use_restart=True, predict_done=True
-)
-C_CONFIG = controller.ControllerConfig(
-    inputs=("z", "c", "h"), latent_dim=4, hidden_size=8, action_dim=1, use_bias=False
-)
-
-
-def make(temperature=1.0, max_steps=30, model_key=0, done_bias=None):
-    env, _ = dream.make_dream("doom_take_cover", M_CONFIG)
-    m_params = mdn_rnn.init_params(jax.random.key(model_key), M_CONFIG)
-    if done_bias is not None:
-        m_params["head"]["bias"] = m_params["head"]["bias"].at[-1].set(done_bias)
-    initial_mu = jax.random.normal(jax.random.key(10), (5, 4))
-    initial_logvar = jnp.full((5, 4), -2.0)
-    params = env.make_params(m_params, initial_mu, initial_logvar, temperature, max_steps)
-    return env, params
-
-
-def policy(params, obs):
-    return controller.act(C_CONFIG, params, obs)
-
-
-C_PARAMS = controller.init_params(jax.random.key(3), C_CONFIG, scale=0.5)
+from wm_jax import dream, dream_rollout, mdn_rnn, vae
 
 
 def test_shapes_and_gymnax_api():
@@ -84,83 +56,13 @@ def test_one_dream_step_equals_m_step():
     assert not bool(new_state.restart)
 
 
-def test_jit_equals_no_jit():
-    env, params = make()
-    key = jax.random.key(7)
-
-    def run(key, params):
-        return dream.rollout(key, env, params, policy, C_PARAMS, 30, chunk_size=8)
-
-    eager = run(key, params)
-    jitted = jax.jit(run)(key, params)
-    np.testing.assert_allclose(jitted.episode_return, eager.episode_return)
-    np.testing.assert_array_equal(jitted.length, eager.length)
-
-
-def test_vmap_over_rollouts_equals_loop_and_compaction():
-    env, params = make(done_bias=-0.2)
-    keys = jax.random.split(jax.random.key(8), 16)
-    c_params = jax.vmap(lambda k: controller.init_params(k, C_CONFIG, scale=0.5))(
-        jax.random.split(jax.random.key(9), 16)
-    )
-
-    def run(key, c_params, chunk_size):
-        return dream.rollout(key, env, params, policy, c_params, 30, chunk_size)
-
-    batched = jax.jit(jax.vmap(lambda k, p: run(k, p, 7)))(keys, c_params)
-    single = jax.jit(lambda k, p: run(k, p, 7))
-    looped = [single(keys[i], jax.tree.map(lambda x: x[i], c_params)) for i in range(4)]
-    # Compaction: chunks run on the live episodes only, in batches of 16, 8 or 4.
-    compacted = jax.jit(
-        lambda k, p: dream.rollout_batch(k, env, params, policy, p, 30, 7, min_bucket=4)
-    )(keys, c_params)
-    np.testing.assert_allclose(batched.episode_return[:4], [r.episode_return for r in looped])
-    np.testing.assert_array_equal(batched.length[:4], [r.length for r in looped])
-    # (chunks == one full-length scan: test_valid_mask_stops_rewards_after_done)
-    np.testing.assert_array_equal(compacted.length, batched.length)
-    np.testing.assert_allclose(compacted.episode_return, batched.episode_return)
-    lengths = np.asarray(batched.length)
-    assert lengths.min() < 7 < 30 == lengths.max()  # some done early, some run to the cap
-    assert np.sum(lengths <= 14) >= 8  # half the batch is done after two chunks: compaction
-
-
-def test_valid_mask_stops_rewards_after_done():
-    config, m_params = counter_model(done_at=5)
-    env, _ = dream.make_dream("doom_take_cover", config)
-    c_config = controller.ControllerConfig(
-        inputs=("z", "c", "h"), latent_dim=2, hidden_size=2, action_dim=1, use_bias=False
-    )
-    c_params = controller.zeros_params(c_config)
-
-    def act(p, obs):
-        return controller.act(c_config, p, obs)
-
-    params = env.make_params(m_params, jnp.zeros((1, 2)), jnp.zeros((1, 2)), 1.0, 2100)
-
-    @functools.partial(jax.jit, static_argnums=1)
-    def run(params, chunk_size):
-        return dream.rollout(jax.random.key(0), env, params, act, c_params, 20, chunk_size)
-
-    for chunk_size in (None, 3):
-        result = run(params, chunk_size)
-        assert float(result.episode_return) == 5.0 and int(result.length) == 5
-    # Truncation at max_steps_in_episode (traced) before M's done.
-    result = run(params.replace(max_steps_in_episode=jnp.asarray(3, jnp.int32)), 3)
-    assert float(result.episode_return) == 3.0 and int(result.length) == 3
-    trajectory = jax.jit(
-        lambda: dream.rollout_trajectory(jax.random.key(0), env, params, act, c_params, 8)
-    )()
-    np.testing.assert_array_equal(trajectory.valid, [1, 1, 1, 1, 1, 0, 0, 0])
-    assert float(jnp.sum(trajectory.reward * trajectory.valid)) == 5.0
-
-
 def test_no_retrace_when_weights_or_temperature_change():
     env, params = make()
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def run(key, params):
-        return dream.rollout(key, env, params, policy, C_PARAMS, 10, chunk_size=5)
+        return dream_rollout.rollout(key, env, params, policy, C_PARAMS, 10, chunk_size=5)
 
     run(jax.random.key(0), params)
     _, other = make(temperature=0.5, model_key=1)
@@ -177,9 +79,9 @@ def test_temperature_changes_dream_statistics_and_vmaps():
 
     def spread(temperature):
         p = params.replace(temperature=temperature)
-        trajectories = jax.vmap(lambda k: dream.rollout_trajectory(k, env, p, policy, C_PARAMS, 6))(
-            keys
-        )
+        trajectories = jax.vmap(
+            lambda k: dream_rollout.rollout_trajectory(k, env, p, policy, C_PARAMS, 6)
+        )(keys)
         return jnp.std(trajectories.z[:, -1], axis=0).mean()
 
     temperatures = jnp.array([0.05, 1.5])

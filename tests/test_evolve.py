@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from dream_toys import bump_reward_model
 
-from wm_jax import controller, dream, evolve
+from wm_jax import controller, dream, dream_rollout, evolve
 
 TOY_STEPS = 10
 TOY_CONFIG = evolve.EvolveConfig(
@@ -79,7 +79,7 @@ def test_population_vmap_equals_python_loop(toy):
 
     @jax.jit
     def one(k, member):
-        return dream.rollout(
+        return dream_rollout.rollout(
             k,
             env,
             params,

@@ -25,7 +25,7 @@ from evosax.algorithms import CMA_ES
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wm_jax import controller, dream, evolve_loop
+from wm_jax import controller, dream, dream_rollout, evolve_loop
 
 # Real-game seeds: training episodes use [0, SELECTION_SEED_OFFSET), the every-`eval_every`
 # evaluations of the ES mean [SELECTION_SEED_OFFSET, TRAIN_SEED_LIMIT), and the final evaluation
@@ -142,13 +142,14 @@ def evaluate_population_dream(
     compact: bool = False,
     mesh: Mesh | None = None,
     compact_min_batch: int = 32,
-) -> dream.RolloutResult:
+) -> dream_rollout.RolloutResult:
     """`vmap` over members of `vmap` over rollouts of one dream episode each.
 
     Rollout (p, r) uses key `split(key, P * R)[p * R + r]`, so splitting the same episodes into
     other (P, R) shapes gives the same numbers, and so do all three ways of running them:
     `chunk_size=None` (one full-length scan), `chunk_size` (chunks until every episode is done)
-    and `chunk_size` with `compact` (chunks over the live episodes only, `dream.rollout_batch`).
+    and `chunk_size` with `compact` (chunks over the live episodes only,
+    `dream_rollout.rollout_batch`).
 
     Args:
       flat_params: (P, D) flat controller parameters.
@@ -172,7 +173,7 @@ def evaluate_population_dream(
             return controller.act(c_config, unflatten(flat), obs)
 
         def run(keys, episode_params, env_params):
-            return dream.rollout_batch(
+            return dream_rollout.rollout_batch(
                 keys,
                 env,
                 env_params,
@@ -205,7 +206,7 @@ def evaluate_population_dream(
         params = unflatten(flat)
 
         def one(rollout_key):
-            return dream.rollout(
+            return dream_rollout.rollout(
                 rollout_key, env, env_params, policy, params, num_steps, chunk_size
             )
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import dream
+from wm_jax import dream_rollout
 
 # Fixed actions worth probing, as controller outputs in [-1, 1] (see each game's wrapper).
 FIXED_ACTIONS: dict[str, dict[str, tuple[float, ...]]] = {
@@ -42,7 +42,9 @@ def _constant(action: jax.Array, obs: jax.Array) -> jax.Array:
 def _dream_returns(key, env, env_params, action, episodes: int, max_steps: int):
     keys = jax.random.split(key, episodes)
     run = jax.vmap(
-        lambda k: dream.rollout(k, env, env_params, _constant, action, max_steps, chunk_size=100)
+        lambda k: dream_rollout.rollout(
+            k, env, env_params, _constant, action, max_steps, chunk_size=100
+        )
     )
     return run(keys).episode_return  # (episodes,)
 
