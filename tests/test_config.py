@@ -74,6 +74,13 @@ def test_car_racing_in_the_dream_needs_a_reward_head():
     assert config.mdn_rnn.predict_reward
 
 
+def test_only_mirror_symmetric_games_can_be_mirrored():
+    with pytest.raises(cfg.ConfigError, match="data.mirror=true: car_racing is not mirror"):
+        cfg.apply_overrides(preset("car_racing", "smoke"), ["data.mirror=true"])
+    doom = cfg.apply_overrides(preset("doom_take_cover", "smoke"), ["data.mirror=true"])
+    assert doom.data.mirror
+
+
 def test_unknown_experiment_and_scale():
     with pytest.raises(cfg.ConfigError, match="unknown experiment"):
         preset("pong")

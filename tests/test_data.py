@@ -20,6 +20,7 @@ from wm_jax.data import (
     sequence_batches,
     write_episode_file,
 )
+from wm_jax.data.encode import MIRROR_OFFSET
 from wm_jax.data.loaders import FRAME_BYTES
 
 
@@ -243,3 +244,29 @@ def test_encode_store_matches_vae_and_resumes(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert next(sequence_batches(0, out, 2, 4)).mu.shape == (2, 5, 4)
+
+
+def test_encode_store_mirrors_frames_and_actions_and_resumes(tmp_path):
+    store = make_store(tmp_path / "frames", [5, 11])
+    # Frames that differ left from right, so a missed flip cannot pass.
+    rng = np.random.default_rng(0)
+    for index in store.indices():
+        episode = store.read(index)
+        store.write(
+            index, episode._replace(frames=rng.integers(0, 256, episode.frames.shape, np.uint8))
+        )
+    params = random_vae_params(0)
+    out = EpisodeStore(tmp_path / "encoded")
+    encode_store(params, store, out, batch_size=8, progress=False)  # no mirrors yet
+    summary = encode_store(params, store, out, batch_size=8, progress=False, mirror_signs=(-1, 1))
+    assert summary["encoded"] == 2  # only the missing mirrors were encoded
+    assert out.indices() == [0, 1, MIRROR_OFFSET, MIRROR_OFFSET + 1]
+    original, mirrored = store.read(1), out.read(MIRROR_OFFSET + 1)
+    flipped = vae.frames_to_float(original.frames[:, :, ::-1])
+    mu, _ = jax.jit(vae.encode)(params, flipped)
+    np.testing.assert_allclose(mirrored.mu, mu, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(mirrored.mu, out.read(1).mu, atol=1e-3)
+    np.testing.assert_array_equal(mirrored.actions, original.actions * np.float32([-1, 1]))
+    np.testing.assert_array_equal(mirrored.dones, original.dones)
+    again = encode_store(params, store, out, progress=False, mirror_signs=(-1, 1))
+    assert again["encoded"] == 0

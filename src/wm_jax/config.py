@@ -53,6 +53,9 @@ class DataConfig:
 
     memory_budget_mb: int = 2048  # frames held in RAM by V's loader (not the whole dataset)
     encode_batch_size: int = 1024
+    # Also encode each episode mirrored left-right (frames flipped, actions mirrored), so M
+    # learns both sides of the room from one side's data. Not in the paper; Doom only.
+    mirror: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +165,14 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             "controller.train_in=dream for car_racing needs M to predict reward: "
             "add --set mdn_rnn.predict_reward=true"
         )
+    if config.data.mirror:
+        from wm_jax.envs import game_spec
+
+        if game_spec(config.game).mirror_signs is None:
+            raise ConfigError(
+                f"data.mirror=true: {config.game} is not mirror-symmetric; only games whose "
+                "GameSpec has mirror_signs (doom_take_cover) can be mirrored"
+            )
     per_call = config.evolve.generations_per_call
     if config.controller.generations % per_call:
         raise ConfigError(

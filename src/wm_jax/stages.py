@@ -20,6 +20,7 @@ import numpy as np
 from wm_jax import checkpoint, controller, dream, evolve, evolve_real, mdn_rnn, training_loop, vae
 from wm_jax.config import ExperimentConfig
 from wm_jax.data import EpisodeStore, encode_store, frame_batches, load_encoded, sequence_batches
+from wm_jax.envs import game_spec
 from wm_jax.envs.collect import collect as collect_episodes
 
 
@@ -129,6 +130,7 @@ def encode(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> 
         EpisodeStore(paths.encoded),
         batch_size=config.data.encode_batch_size,
         progress=progress,
+        mirror_signs=game_spec(config.game).mirror_signs if config.data.mirror else None,
     )
     return {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
 

@@ -11,6 +11,9 @@ import numpy as np
 from wm_jax.data.store import EncodedEpisode, Episode, EpisodeStore
 
 _FLUSH_SECONDS = 10.0
+# Episode i mirrored left-right is stored at index MIRROR_OFFSET + i (collection indices, §5
+# iterations included, stay far below it).
+MIRROR_OFFSET = 1_000_000_000
 
 
 def params_fingerprint(params: Any) -> str:
@@ -36,8 +39,12 @@ def encode_store(
     out_store: EpisodeStore,
     batch_size: int = 1024,
     progress: bool = True,
+    mirror_signs: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """Writes `EncodedEpisode(mu, logvar, actions, rewards, dones)` for every stored episode.
+
+    With `mirror_signs`, each episode is also written mirrored at `MIRROR_OFFSET + index`: V's
+    codes of the left-right flipped frames, actions multiplied by `mirror_signs` (A,).
 
     Resumable: episodes already in `out_store` are kept, provided it was made by the same V
     (checked by a fingerprint of the parameters in its meta.json; a different V raises). Frames
@@ -63,7 +70,22 @@ def encode_store(
     def encode(params, frames):  # (N, 64, 64, 3) uint8 -> (N, Z), (N, Z)
         return vae.encode(params, vae.frames_to_float(frames))
 
-    todo = [index for index in store.indices() if not out_store.has(index)]
+    def missing(index: int) -> bool:
+        mirror_missing = mirror_signs is not None and not out_store.has(MIRROR_OFFSET + index)
+        return not out_store.has(index) or mirror_missing
+
+    def codes(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mus, logvars = [], []
+        for begin in range(0, len(frames), batch_size):
+            chunk = frames[begin : begin + batch_size]
+            padded = np.zeros((_bucket(len(chunk), batch_size), *chunk.shape[1:]), np.uint8)
+            padded[: len(chunk)] = chunk
+            mu, logvar = encode(vae_params, padded)
+            mus.append(np.asarray(mu[: len(chunk)], np.float32))
+            logvars.append(np.asarray(logvar[: len(chunk)], np.float32))
+        return np.concatenate(mus), np.concatenate(logvars)
+
+    todo = [index for index in store.indices() if missing(index)]
     summary = {"encoded": 0, "already_done": len(store) - len(todo), "skipped_corrupt": 0}
     summary["frames"] = 0
     start = last_flush = time.perf_counter()
@@ -74,16 +96,17 @@ def encode_store(
             continue
         if not isinstance(episode, Episode):
             raise ValueError(f"{store.path(index)} is already encoded")
-        mus, logvars = [], []
-        for begin in range(0, len(episode.frames), batch_size):
-            chunk = episode.frames[begin : begin + batch_size]
-            padded = np.zeros((_bucket(len(chunk), batch_size), *chunk.shape[1:]), np.uint8)
-            padded[: len(chunk)] = chunk
-            mu, logvar = encode(vae_params, padded)
-            mus.append(np.asarray(mu[: len(chunk)], np.float32))
-            logvars.append(np.asarray(logvar[: len(chunk)], np.float32))
-        encoded = EncodedEpisode(np.concatenate(mus), np.concatenate(logvars), *episode[1:])
-        out_store.write(index, encoded, flush=False)
+        if not out_store.has(index):
+            encoded = EncodedEpisode(*codes(episode.frames), *episode[1:])
+            out_store.write(index, encoded, flush=False)
+        if mirror_signs is not None:
+            signs = np.asarray(mirror_signs, np.float32)
+            mirrored = EncodedEpisode(
+                *codes(np.ascontiguousarray(episode.frames[:, :, ::-1])),  # flip the width axis
+                (episode.actions * signs).astype(np.float32),
+                *episode[2:],
+            )
+            out_store.write(MIRROR_OFFSET + index, mirrored, flush=False)
         summary["encoded"] += 1
         summary["frames"] += len(episode.frames)
         if time.perf_counter() - last_flush > _FLUSH_SECONDS:

@@ -25,6 +25,9 @@ class GameSpec(NamedTuple):
     max_steps: int  # episode cap
     latent_dim: int  # V's z size (World Models, Appendix)
     hidden_size: int  # M's LSTM size
+    # Controller-output sign flips that mirror an action left-right (None: the game is not
+    # mirror-symmetric, e.g. CarRacing's tracks all run one way round).
+    mirror_signs: tuple[float, ...] | None = None
 
 
 @runtime_checkable
@@ -142,7 +145,14 @@ register(
     "wm_jax.envs.car_racing:RandomWalkPolicy",
 )
 register(
-    GameSpec("doom_take_cover", action_dim=1, max_steps=2100, latent_dim=64, hidden_size=512),
+    GameSpec(
+        "doom_take_cover",
+        action_dim=1,
+        max_steps=2100,
+        latent_dim=64,
+        hidden_size=512,
+        mirror_signs=(-1.0,),  # thirds: left <-> right, stay stays; the room is symmetric
+    ),
     "wm_jax.envs.doom:DoomTakeCoverEnv",
     "wm_jax.envs.doom:HeldRandomPolicy",
 )
