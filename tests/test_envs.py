@@ -15,8 +15,8 @@ from wm_jax.envs.base import discretise, resize_frame
 
 def test_registry():
     assert set(games()) >= {"car_racing", "doom_take_cover", "minatar_breakout"}
-    assert game_spec("car_racing")[1:] == (3, 1000, 32, 256)
-    assert game_spec("doom_take_cover")[1:] == (1, 2100, 64, 512)
+    assert game_spec("car_racing")[1:] == (3, 1000, 32, 256, None)  # not mirror-symmetric
+    assert game_spec("doom_take_cover")[1:] == (1, 2100, 64, 512, (-1.0,))
     with pytest.raises(ValueError, match="unknown game 'pong'"):
         make_env("pong")
 
