@@ -22,6 +22,7 @@ from wm_jax import (
 )
 from wm_jax.controller_policy import ControllerPolicy
 from wm_jax.data import EpisodeStore
+from wm_jax.data.encode import MIRROR_OFFSET
 from wm_jax.envs import game_spec
 from wm_jax.envs.collect import episode_seeds
 from wm_jax.presets import preset
@@ -33,6 +34,7 @@ C_CONFIG = controller.ControllerConfig(
     inputs=("z", "c", "h"), latent_dim=4, hidden_size=3, action_dim=1, use_bias=False
 )
 SPEC = game_spec("doom_take_cover")
+MIRROR = ["data.mirror=true"]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +128,10 @@ def test_refuses_a_run_whose_controller_was_trained_in_the_real_game(tmp_path):
 @pytest.fixture(scope="module")
 def iterated(doom_smoke_run):
     run_dir = doom_smoke_run
-    rows = iterative.run(run_dir, iterations=1, episodes=2, noise=0.1, progress=False)
+    # As the README's recipe: every episode also encoded mirrored (data.mirror).
+    rows = iterative.run(
+        run_dir, iterations=1, episodes=2, noise=0.1, overrides=MIRROR, progress=False
+    )
     return run_dir, rows
 
 
@@ -141,7 +146,8 @@ def test_an_iteration_collects_with_c_and_retrains_m_and_c(iterated):
     )
     new = [1_000_000, 1_000_001]
     assert store.indices() == parent_store.indices() + new
-    assert EpisodeStore(sub / "data" / "encoded").indices() == store.indices()
+    mirrored = [MIRROR_OFFSET + index for index in store.indices()]
+    assert EpisodeStore(sub / "data" / "encoded").indices() == store.indices() + mirrored
     first = parent_store.indices()[0]
     assert store.path(first).stat().st_ino == parent_store.path(first).stat().st_ino  # a link
     assert not (sub / "data" / "new_episodes").exists()
@@ -198,16 +204,19 @@ def test_rerun_skips_a_finished_iteration_and_resumes_an_unfinished_one(iterated
     sub = run_dir / "iterations" / "iter_1"
     results = (sub / "results.json").stat().st_mtime_ns
     capsys.readouterr()
-    assert iterative.run(run_dir, iterations=1, episodes=2, noise=0.1, progress=False) == rows
+    again = iterative.run(
+        run_dir, iterations=1, episodes=2, noise=0.1, overrides=MIRROR, progress=False
+    )
+    assert again == rows
     assert "[iterative] iteration 1 complete, skipped" in capsys.readouterr().out
     assert (sub / "results.json").stat().st_mtime_ns == results
     with pytest.raises(config.ConfigError, match="noise"):
-        iterative.run(run_dir, iterations=1, episodes=2, noise=0.2, progress=False)
+        iterative.run(run_dir, iterations=1, episodes=2, noise=0.2, overrides=MIRROR)
 
     # A kill before the report: only the report runs again, nothing is collected or copied.
     (sub / "stages" / "report.json").unlink()
     m_step = checkpoint.latest_step(sub / "checkpoints" / "mdn_rnn")
-    iterative.run(run_dir, iterations=1, episodes=2, noise=0.1, progress=False)
+    iterative.run(run_dir, iterations=1, episodes=2, noise=0.1, overrides=MIRROR, progress=False)
     out = capsys.readouterr().out
     for stage in (
         "collect",
