@@ -51,6 +51,22 @@ def _episode_step(env, env_params, policy, num_steps, carry, t, key, policy_para
     return (obs, state, episode_return, length, alive & ~done)
 
 
+def _run_chunks(run_chunk: Callable, num_chunks: int, carry: tuple) -> tuple:
+    """`carry = run_chunk(chunk, carry)` for chunk 0, 1, ... while a chunk is left and any
+    episode is alive (`carry[-1]`, a flag or a (B,) mask)."""
+
+    def cond(loop):
+        chunk, carry = loop
+        return (chunk < num_chunks) & jnp.any(carry[-1])
+
+    def body(loop):
+        chunk, carry = loop
+        return chunk + 1, run_chunk(chunk, carry)
+
+    _, carry = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), carry))
+    return carry
+
+
 def rollout(
     key: jax.Array,
     env: DreamEnv,
@@ -79,19 +95,12 @@ def rollout(
     if chunk_size is None or chunk_size >= num_steps:
         carry, _ = jax.lax.scan(one_step, carry, jnp.arange(num_steps))
     else:
-        num_chunks = math.ceil(num_steps / chunk_size)
 
-        def cond(loop):
-            chunk, carry = loop
-            return (chunk < num_chunks) & carry[-1]
-
-        def body(loop):
-            chunk, carry = loop
+        def run_chunk(chunk, carry):
             steps = chunk * chunk_size + jnp.arange(chunk_size)
-            carry, _ = jax.lax.scan(one_step, carry, steps)
-            return chunk + 1, carry
+            return jax.lax.scan(one_step, carry, steps)[0]
 
-        _, carry = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), carry))
+        carry = _run_chunks(run_chunk, math.ceil(num_steps / chunk_size), carry)
     return RolloutResult(episode_return=carry[2], length=carry[3])
 
 
@@ -125,7 +134,6 @@ def rollout_batch(
     split = jax.vmap(jax.random.split)(keys)
     key_reset, key_steps = split[:, 0], split[:, 1]
     obs, state = jax.vmap(env.reset_env, in_axes=(0, None))(key_reset, env_params)
-    num_chunks = math.ceil(num_steps / chunk_size)
     sizes = [batch]
     while sizes[-1] // 2 >= min_bucket and sizes[-1] % 2 == 0:
         sizes.append(sizes[-1] // 2)
@@ -133,7 +141,7 @@ def rollout_batch(
     def one_step(carry, t, key, params):
         return _episode_step(env, env_params, policy, num_steps, carry, t, key, params)
 
-    def run_chunk(size, chunk, carry):
+    def run_compacted(size, chunk, carry):
         alive = carry[-1]
         index = jnp.argsort(~alive, stable=True)[:size]  # alive episodes first
         sub = jax.tree.map(lambda x: x[index], (carry, key_steps, policy_params))
@@ -147,17 +155,12 @@ def rollout_batch(
         sub_carry, _ = jax.lax.scan(scan_step, sub_carry, steps)
         return jax.tree.map(lambda full, part: full.at[index].set(part), carry, sub_carry)
 
-    def cond(loop):
-        chunk, carry = loop
-        return (chunk < num_chunks) & jnp.any(carry[-1])
-
-    def body(loop):
-        chunk, carry = loop
+    def run_chunk(chunk, carry):
         num_alive = jnp.sum(carry[-1])
         # sizes descend: the branch is the last size that still holds every live episode.
         branch = jnp.sum(jnp.asarray(sizes) >= num_alive) - 1
-        branches = [functools.partial(run_chunk, size) for size in sizes]
-        return chunk + 1, jax.lax.switch(branch, branches, chunk, carry)
+        branches = [functools.partial(run_compacted, size) for size in sizes]
+        return jax.lax.switch(branch, branches, chunk, carry)
 
     carry = (
         obs,
@@ -166,7 +169,7 @@ def rollout_batch(
         jnp.zeros((batch,), jnp.int32),
         jnp.ones((batch,), bool),
     )
-    _, carry = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), carry))
+    carry = _run_chunks(run_chunk, math.ceil(num_steps / chunk_size), carry)
     return RolloutResult(episode_return=carry[2], length=carry[3])
 
 

@@ -85,6 +85,7 @@ def encode_store(
             logvars.append(np.asarray(logvar[: len(chunk)], np.float32))
         return np.concatenate(mus), np.concatenate(logvars)
 
+    signs = None if mirror_signs is None else np.asarray(mirror_signs, np.float32)
     todo = [index for index in store.indices() if missing(index)]
     summary = {"encoded": 0, "already_done": len(store) - len(todo), "skipped_corrupt": 0}
     summary["frames"] = 0
@@ -99,8 +100,7 @@ def encode_store(
         if not out_store.has(index):
             encoded = EncodedEpisode(*codes(episode.frames), *episode[1:])
             out_store.write(index, encoded, flush=False)
-        if mirror_signs is not None:
-            signs = np.asarray(mirror_signs, np.float32)
+        if signs is not None:
             mirrored = EncodedEpisode(
                 *codes(np.ascontiguousarray(episode.frames[:, :, ::-1])),  # flip the width axis
                 (episode.actions * signs).astype(np.float32),
