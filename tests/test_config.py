@@ -92,3 +92,26 @@ def test_configs_are_frozen():
     config = preset("doom_take_cover", "smoke")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 4
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "controller.temperature=nan",
+        "vae.kl_tolerance=inf",
+        "evolve.sigma_init=nan",
+        "mdn_train.grad_clip=nan",
+        "vae_train.learning_rate=-inf",
+    ],
+)
+def test_nan_and_inf_are_refused_naming_the_field(override):
+    field = override.split("=")[0]
+    with pytest.raises(cfg.ConfigError, match=f"{field}=.*must be a finite number"):
+        cfg.apply_overrides(preset("doom_take_cover", "smoke"), [override])
+
+
+def test_a_config_json_with_nan_is_refused():
+    data = preset("doom_take_cover", "smoke").to_dict()
+    data["controller"]["temperature"] = float("nan")
+    with pytest.raises(cfg.ConfigError, match="controller.temperature"):
+        cfg.from_dict(data)

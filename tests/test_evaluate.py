@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import importlib.util
+import json
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +129,39 @@ def test_evaluate_controller_reports_mean_std_and_uses_unseen_seeds(models, popu
     assert result.mean == pytest.approx(result.returns.mean())
     assert result.std == pytest.approx(result.returns.std())
     assert "over 5 episodes" in result.summary()
+
+
+def test_interrupted_evaluation_resumes_per_episode_with_the_same_results(
+    models, population, tmp_path
+):
+    record = tmp_path / "episodes.jsonl"
+    with real_rollout.EnvPool(CountingGame, 2) as pool:
+        args = (jax.random.key(6), pool, models, C_CONFIG, population[2], 5)
+        whole = evaluate.evaluate_controller(*args, progress=False)
+        first = evaluate.evaluate_controller(*args, progress=False, record_path=record)
+        rows = record.read_text().splitlines()
+        assert len(rows) == 5
+        np.testing.assert_allclose(first.returns, whole.returns, rtol=1e-6)
+        # A kill after three episodes, the last line cut short: two are played again.
+        kept = [json.loads(row) for row in rows][:3]
+        record.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"episode": 4, "se')
+        played = []
+        original = real_rollout.evaluate_population_real
+
+        def counting(*a, **k):
+            result = original(*a, **k)
+            played.append(result.returns.size)
+            return result
+
+        real_rollout.evaluate_population_real = counting
+        try:
+            resumed = evaluate.evaluate_controller(*args, progress=False, record_path=record)
+        finally:
+            real_rollout.evaluate_population_real = original
+    assert played == [2]
+    np.testing.assert_allclose(resumed.returns, whole.returns, rtol=1e-6)
+    np.testing.assert_array_equal(resumed.lengths, whole.lengths)
+    np.testing.assert_array_equal(resumed.seeds, whole.seeds)
 
 
 def test_evaluate_in_dream():

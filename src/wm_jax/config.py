@@ -9,6 +9,7 @@ outside its allowed range, stops before any work with a message naming it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -137,6 +138,10 @@ def _check_value(section: str, name: str, value: Any) -> None:
         raise ConfigError(f"{where}={value!r}: allowed values are {_CHOICES[(section, name)]}")
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        # No setting gives NaN or ±inf a meaning: a NaN τ or learning rate passes every range
+        # comparison and breaks the run silently, so refuse it here.
+        raise ConfigError(f"{where}={value!r}: must be a finite number")
     default = (0, None) if name in _ZERO_ALLOWED or isinstance(value, float) else (1, None)
     low, high = _RANGES.get((section, name), default)
     if (low is not None and value < low) or (high is not None and value > high):

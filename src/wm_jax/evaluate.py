@@ -10,6 +10,7 @@ uses seeds that high (`wm_jax.evolve` trains on [0, 9,000,000) and selects on
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wm_jax import controller, dream, evolve, real_rollout
+from wm_jax.training_loop import append_jsonl, read_jsonl
 
 EVAL_SEED_OFFSET = evolve.TRAIN_SEED_LIMIT  # 10,000,000: evaluation episode i uses this + i
 NUM_EPISODES = 100  # World Models: average over 100 random trials
@@ -59,6 +61,7 @@ def evaluate_controller(
     max_steps: int | None = None,
     progress: bool = True,
     env_kwargs: dict | None = None,
+    record_path: str | Path | None = None,
 ) -> EvaluationResult:
     """Play `num_episodes` real episodes with seeds `seed_offset + i`.
 
@@ -66,6 +69,9 @@ def evaluate_controller(
       game: a game name for `wm_jax.envs.make_env` (a pool of `num_workers` is started and
         closed here), or an open `real_rollout.EnvPool` to reuse.
       c_params: the controller's params pytree or its flat (D,) vector.
+      record_path: a JSON-lines file that gets every episode as it finishes; episodes already
+        in it are not played again (an interrupted evaluation resumes per episode, with the
+        same results as an uninterrupted one).
     """
     if seed_offset < evolve.TRAIN_SEED_LIMIT:
         raise ValueError(
@@ -79,9 +85,23 @@ def evaluate_controller(
             f"c_params has {flat.shape}, expected ({controller.num_params(c_config)},)"
         )
     seeds = seed_offset + np.arange(num_episodes)
+    returns = np.full(num_episodes, np.nan)
+    lengths = np.zeros(num_episodes, np.int64)
+    for row in read_jsonl(record_path, key="episode") if record_path else []:
+        if row.get("episode", -1) < num_episodes and row.get("seed") == seeds[row["episode"]]:
+            returns[row["episode"]], lengths[row["episode"]] = row["return"], row["length"]
+    todo = np.flatnonzero(np.isnan(returns))
+    if todo.size == 0:
+        return _result(returns, lengths, seeds)
+
+    def record(index: int, episode_return: float, length: int) -> None:
+        episode = int(todo[index])
+        row = {"episode": episode, "seed": int(seeds[episode]), "return": episode_return}
+        append_jsonl(record_path, [row | {"length": length}])
+
     pool = game
     if isinstance(game, str):
-        workers = max(1, min(num_workers, num_episodes))
+        workers = max(1, min(num_workers, todo.size))
         pool = real_rollout.EnvPool.for_game(game, workers, **(env_kwargs or {}))
     try:
         results = real_rollout.evaluate_population_real(
@@ -90,15 +110,18 @@ def evaluate_controller(
             models,
             c_config,
             flat[None],
-            num_episodes,
-            seeds[None],
+            int(todo.size),
+            seeds[todo][None],
             max_steps=max_steps,
             progress=progress,
+            episode_ids=todo,
+            on_episode=record if record_path else None,
         )
     finally:
         if isinstance(game, str):
             pool.close()
-    return _result(results.returns, results.lengths, seeds)
+    returns[todo], lengths[todo] = results.returns.reshape(-1), results.lengths.reshape(-1)
+    return _result(returns, lengths, seeds)
 
 
 def evaluate_in_dream(

@@ -16,15 +16,14 @@ import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from wm_jax import config as cfg
-from wm_jax import runtime
-from wm_jax.checkpoint import atomic_write_json
+from wm_jax import run_folder, runtime
+from wm_jax.checkpoint import CheckpointError, atomic_write_json
+from wm_jax.cli import run_command
 from wm_jax.presets import preset
 
 # Settings that may differ when a run is resumed (they do not change what is computed).
@@ -134,7 +133,7 @@ def _stage_outputs(stage: str, paths) -> list[Path]:
             paths.checkpoints("controller_final"),
             paths.metrics("train_controller"),
         ],
-        "evaluate": [],
+        "evaluate": [paths.evaluation_episodes],
         "report": [paths.report],
     }[stage]
 
@@ -172,11 +171,51 @@ def run(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) an experiment; returns the contents of `DIR/results.json`."""
+    """Run (or resume) an experiment; returns the contents of `DIR/results.json`.
+
+    The run folder is locked for the whole run (`run_folder.RunLock`) and its console output
+    goes to `DIR/run.log` too.
+    """
     config = cfg.apply_overrides(preset(experiment, scale, seed), overrides or [])
     run_dir = Path(run_dir or Path("runs") / f"{experiment}-{scale}")
-    prepare_run_dir(run_dir, config)
-    return run_config(config, run_dir, stages, progress)
+    with run_folder.held(run_dir):
+        prepare_run_dir(run_dir, config)
+        return run_config(config, run_dir, stages, progress)
+
+
+# What each stage reads (besides the config): its record is stale when one of these changed.
+UPSTREAM = {stage: cfg.STAGES[:i] for i, stage in enumerate(cfg.STAGES)}
+
+
+def invalidate(run_dir: Path, stages: list[str] | tuple[str, ...]) -> None:
+    """Forget `stages` and delete their outputs (before anything runs, so an interrupted
+    `--stages X` never leaves the old records of the stages after X in place)."""
+    from wm_jax import stages as stage_lib
+
+    paths = stage_lib.RunPaths(run_dir)
+    for stage in stages:
+        run_folder.forget(run_dir, stage)
+        for output in _stage_outputs(stage, paths):
+            if output.is_dir() and not output.is_symlink():
+                shutil.rmtree(output)
+            elif output.exists() or output.is_symlink():
+                output.unlink()
+
+
+# Which stage writes each checkpoint folder (to say how to rebuild a missing or corrupt one).
+_CHECKPOINT_WRITERS = {
+    "controller_final": "train_controller",
+    "controller": "train_controller",
+    "mdn_rnn": "train_mdn_rnn",
+    "vae": "train_vae",
+}
+
+
+def _rebuild_hint(message: str) -> str:
+    for folder, writer in _CHECKPOINT_WRITERS.items():
+        if f"checkpoints/{folder}" in message:
+            return f"rebuild it with --stages {writer}"
+    return "rerun the stages before this one with --stages"
 
 
 def run_config(
@@ -185,7 +224,11 @@ def run_config(
     stages: list[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the stages of `config` in a prepared run folder (see `prepare_run_dir`)."""
+    """Run the stages of `config` in a prepared run folder (see `prepare_run_dir`).
+
+    `stages`: rerun these and every stage after them from scratch (each stage reads the
+    outputs of the ones before it).
+    """
     from wm_jax import report
     from wm_jax import stages as stage_lib
 
@@ -199,41 +242,42 @@ def run_config(
         "evaluate": stage_lib.evaluate,
         "report": report.make_report,
     }
-    # Every stage reads the outputs of the ones before it: rerunning one reruns those after it.
     first = min((cfg.STAGES.index(stage) for stage in stages or []), default=len(cfg.STAGES))
-    rerun = set(cfg.STAGES[first:])
+    invalidate(run_dir, cfg.STAGES[first:])
     for stage in cfg.STAGES:
-        marker = run_dir / "stages" / f"{stage}.json"
-        if stage in rerun:
-            marker.unlink(missing_ok=True)
-            for output in _stage_outputs(stage, paths):
-                if output.is_dir():
-                    shutil.rmtree(output)
-                elif output.exists():
-                    output.unlink()
-        if marker.is_file():
-            print(f"[{stage}] complete, skipped ({marker})", flush=True)
+        upstream = UPSTREAM[stage]
+        inputs = run_folder.current_inputs(run_dir, upstream)
+        if run_folder.is_current(run_dir, stage, upstream):
+            print(
+                f"[{stage}] complete, skipped ({run_folder.record_path(run_dir, stage)})",
+                flush=True,
+            )
             continue
+        started = run_folder.started_inputs(run_dir, stage)
+        if run_folder.read_record(run_dir, stage) is not None or (
+            started is not None and started != inputs
+        ):
+            # Built (or begun) from other versions of the stages before it: start afresh.
+            print(f"[{stage}] stale (an earlier stage was rerun): starting it afresh", flush=True)
+            invalidate(run_dir, [stage])
+        run_folder.mark_started(run_dir, stage, inputs)
         print(f"[{stage}] running", flush=True)
-        # Time spent by earlier, interrupted attempts at this stage (a Ctrl-C or an error
-        # records it; a SIGKILL cannot), so a resumed stage reports its whole wall time.
-        partial = run_dir / "stages" / f"{stage}.partial.json"
+        # Time spent by earlier, interrupted attempts at this stage (a Ctrl-C, SIGTERM or an
+        # error records it; a SIGKILL cannot), so a resumed stage reports its whole wall time.
+        partial = run_folder.record_path(run_dir, stage, "partial")
         earlier = json.loads(partial.read_text())["seconds"] if partial.is_file() else 0.0
         start = time.perf_counter()
         try:
             summary = functions[stage](config, paths, progress=progress)
-        except BaseException:
+        except BaseException as err:
             atomic_write_json(partial, {"seconds": earlier + time.perf_counter() - start})
+            if isinstance(err, CheckpointError):
+                raise CheckpointError(f"[{stage}] {err}; {_rebuild_hint(str(err))}") from err
             raise
         seconds = earlier + time.perf_counter() - start
+        run_folder.write_record(run_dir, stage, summary, seconds, inputs)
         partial.unlink(missing_ok=True)
-        record = {
-            "stage": stage,
-            "seconds": seconds,
-            "summary": summary,
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        atomic_write_json(marker, record)
+        run_folder.record_path(run_dir, stage, "started").unlink(missing_ok=True)
         print(f"[{stage}] done in {seconds:.1f} s", flush=True)
         write_results(config, run_dir)
     return write_results(config, run_dir)
@@ -243,9 +287,8 @@ def write_results(config: cfg.ExperimentConfig, run_dir: Path) -> dict[str, Any]
     """Gather the stage records into `DIR/results.json`."""
     records = {}
     for stage in cfg.STAGES:
-        marker = run_dir / "stages" / f"{stage}.json"
-        if marker.is_file():
-            records[stage] = json.loads(marker.read_text())
+        if run_folder.is_current(run_dir, stage, UPSTREAM[stage]):
+            records[stage] = run_folder.read_record(run_dir, stage)
     summary = {stage: record["summary"] for stage, record in records.items()}
     results = {
         "experiment": config.experiment,
@@ -263,25 +306,12 @@ def write_results(config: cfg.ExperimentConfig, run_dir: Path) -> dict[str, Any]
     return results
 
 
-def run_command(call: Callable[[], Any], errors: tuple[type[Exception], ...] = ()) -> Any:
-    """Run a command line tool's work: bad settings (and `errors`) print one line and exit 2,
-    Ctrl-C says how to resume and exits 130 (finished work is already saved)."""
-    try:
-        return call()
-    except (cfg.ConfigError, *errors) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: finished work is saved; rerun the same command to resume",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     runtime.tune_malloc()  # before XLA's first allocations
     args = parse_args(argv)
+    hint = "rerun the same command to resume"
+    if args.stages:
+        hint = "rerun without --stages to resume (the same --stages starts those stages over)"
     try:
         results = run_command(
             lambda: run(
@@ -292,12 +322,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.overrides,
                 args.seed,
                 progress=not args.no_progress,
-            )
+            ),
+            resume_hint=hint,
         )
     except SystemExit as exit_:
         return int(exit_.code)
     evaluation = results.get("evaluation") or {}
-    if evaluation:
+    if evaluation.get("mean") is not None:
         print(
             f"real-game score over {evaluation.get('episodes')} episodes: "
             f"{evaluation.get('mean'):.1f} ± {evaluation.get('std'):.1f}"

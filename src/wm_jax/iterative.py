@@ -31,15 +31,15 @@ import os
 import shutil
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from wm_jax import config as cfg
-from wm_jax import experiment, runtime
+from wm_jax import experiment, run_folder, runtime
 from wm_jax.checkpoint import atomic_write_json, atomic_write_text
+from wm_jax.cli import run_command
 
 INDEX_OFFSET = 1_000_000  # iteration k's new episodes are k * INDEX_OFFSET + i
 DEFAULT_NOISE = 0.1
@@ -97,13 +97,10 @@ def iteration_config(
 
 
 def _marker(run_dir: Path, stage: str) -> dict[str, Any]:
-    return json.loads((run_dir / "stages" / f"{stage}.json").read_text())
-
-
-def _write_marker(run_dir: Path, stage: str, summary: dict[str, Any], seconds: float) -> None:
-    record = {"stage": stage, "seconds": seconds, "summary": summary}
-    record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    atomic_write_json(run_dir / "stages" / f"{stage}.json", record)
+    record = run_folder.read_record(run_dir, stage)
+    if record is None:
+        raise FileNotFoundError(f"{run_folder.record_path(run_dir, stage)} is missing")
+    return record
 
 
 def _symlink(target: Path, link: Path) -> None:
@@ -255,15 +252,14 @@ def prepare_iteration(
         if (run_dir / name).exists():
             _symlink(run_dir / name, sub / name)
     if "train_vae" not in done:
-        (sub / "stages").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "stages" / "train_vae.json", sub / "stages" / "train_vae.json")
+        run_folder.adopt_record(run_dir, sub, "train_vae")
     if "collect" not in done:
         print(f"[collect] running ({settings['episodes']} episodes played by C)", flush=True)
         start = time.perf_counter()
         summary = collect_new(
             config, paths, previous, iteration, settings["episodes"], settings["noise"], progress
         )
-        _write_marker(sub, "collect", summary, time.perf_counter() - start)
+        run_folder.write_record(sub, "collect", summary, time.perf_counter() - start, {})
     shutil.rmtree(sub / "data" / "new_episodes", ignore_errors=True)  # linked into the store
     if "encode" not in done:
         link_store(previous.encoded, paths.encoded)  # same V: only new episodes get encoded
@@ -399,18 +395,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    rows = experiment.run_command(
-        lambda: run(
-            args.run_dir,
-            args.iterations,
-            args.episodes,
-            args.noise,
-            args.overrides,
-            warm_start=not args.fresh_controller,
-            progress=not args.no_progress,
-        ),
-        errors=(FileNotFoundError,),
-    )
+
+    def work() -> list[dict[str, Any]]:
+        with run_folder.held(args.run_dir, create=False):
+            return run(
+                args.run_dir,
+                args.iterations,
+                args.episodes,
+                args.noise,
+                args.overrides,
+                warm_start=not args.fresh_controller,
+                progress=not args.no_progress,
+            )
+
+    rows = run_command(work, errors=(FileNotFoundError,))
     print(write_summary(args.run_dir / "iterations", rows))
     return 0
 

@@ -114,6 +114,8 @@ def evaluate_population_real(
     sample_z: bool = True,
     progress: bool = False,
     max_lost_fraction: float = 0.1,
+    episode_ids: np.ndarray | None = None,
+    on_episode: Callable[[int, float, int], None] | None = None,
 ) -> EpisodeResults:
     """Play `rollouts_per_member` real episodes for every member, all workers at once.
 
@@ -122,6 +124,11 @@ def evaluate_population_real(
       seeds: (P, R) game seeds (default: p * R + r).
       max_steps: optional cap below the game's own.
       max_lost_fraction: raise if more episodes than this are lost (a systematic failure).
+      episode_ids: (P * R,) the ids that V's sampling keys fold in (default 0, 1, ...): an
+        evaluation resumed on its remaining episodes passes their ids, so each episode plays
+        exactly as it would have in one uninterrupted call.
+      on_episode: called with (index into the P * R episodes, return, length) as each
+        episode finishes (to record it at once).
 
     Returns:
       EpisodeResults with (P, R) returns (NaN where lost) and lengths.
@@ -139,6 +146,9 @@ def evaluate_population_real(
             f"game {pool.name} takes {pool.action_dim} actions, controller gives "
             f"{c_config.action_dim}"
         )
+    if episode_ids is None:
+        episode_ids = np.arange(num_episodes)
+    episode_ids = np.asarray(episode_ids).reshape(-1)
     policy_step = _cached_policy_step(c_config, models.m_config, sample_z)
     num_slots = pool.num_workers
     cap = pool.max_steps if max_steps is None else min(max_steps, pool.max_steps)
@@ -209,7 +219,7 @@ def evaluate_population_real(
                 memory,
                 frames,
                 restart,
-                np.maximum(slot_episode, 0),
+                episode_ids[np.maximum(slot_episode, 0)],
                 slot_steps,
             )
             actions = np.asarray(actions)
@@ -235,6 +245,8 @@ def evaluate_population_real(
                 if terminated or truncated or slot_steps[slot] >= cap:
                     episode = slot_episode[slot]
                     returns[episode], lengths[episode] = slot_return[slot], slot_steps[slot]
+                    if on_episode is not None:
+                        on_episode(int(episode), float(returns[episode]), int(lengths[episode]))
                     bar.update(1)
                     finished.append(slot)
             start(finished)

@@ -45,6 +45,11 @@ class RunPaths(NamedTuple):
     def report(self) -> Path:
         return self.root / "report"
 
+    @property
+    def evaluation_episodes(self) -> Path:
+        """Every real evaluation episode, appended as it finishes (evaluation resumes)."""
+        return self.root / "evaluation" / "episodes.jsonl"
+
 
 def _workers(requested: int) -> int:
     return requested or os.cpu_count() or 1
@@ -323,6 +328,7 @@ def evaluate(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -
         config.evaluate.episodes,
         num_workers=_workers(config.evaluate.workers),
         progress=progress,
+        record_path=paths.evaluation_episodes,
     )
     summary = {
         "episodes": int(np.isfinite(result.returns).sum()),

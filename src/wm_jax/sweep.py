@@ -13,14 +13,14 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from wm_jax import config as cfg
-from wm_jax import experiment, runtime
+from wm_jax import experiment, run_folder, runtime
 from wm_jax.checkpoint import atomic_write_json, atomic_write_text
+from wm_jax.cli import run_command
 from wm_jax.report import PAPER_DOOM
 
 TEMPERATURES = (0.10, 0.50, 1.00, 1.15, 1.30)  # World Models, Table 2
@@ -53,10 +53,8 @@ def prepare_tau_run(run_dir: Path, config: cfg.ExperimentConfig, tau: float) -> 
         if (run_dir / name).exists():
             _link(run_dir / name, sub / name)
     for stage in SHARED_STAGES:
-        marker = sub / "stages" / f"{stage}.json"
-        if not marker.is_file():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / "stages" / f"{stage}.json", marker)
+        if run_folder.read_record(sub, stage) is None:
+            run_folder.adopt_record(run_dir, sub, stage)
     return sub
 
 
@@ -129,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    rows = experiment.run_command(
-        lambda: sweep(
-            args.run_dir, tuple(args.temperatures), args.overrides, progress=not args.no_progress
-        ),
-        errors=(FileNotFoundError,),
-    )
+
+    def work() -> list[dict[str, Any]]:
+        with run_folder.held(args.run_dir, create=False):
+            progress = not args.no_progress
+            return sweep(args.run_dir, tuple(args.temperatures), args.overrides, progress)
+
+    rows = run_command(work, errors=(FileNotFoundError,))
     print(write_table(args.run_dir / "sweep", rows))
     return 0
 
