@@ -92,6 +92,37 @@ def test_observations_match_stock_across_seeded_resets(background_paths):
     assert background_paths[True] > 0 and background_paths[False] > 0
 
 
+def leave_playfield(game: CarRacing) -> None:
+    """Moves the car (hull and wheels alike) 50 units past the playfield's right edge."""
+    shift = PLAYFIELD + 50.0 - game.car.hull.position[0]
+    for body in [game.car.hull, *game.car.wheels]:
+        body.position = (body.position[0] + shift, body.position[1])
+
+
+def test_game_ends_match_stock():
+    # The ends collection records (wm_jax.envs.collect): off the playfield -100 and done, every
+    # tile visited done; both flags and rewards as stock gives them, and the same last frame.
+    stock, fast = CarRacing(), FastCarRacing()
+    action = np.array([0.0, 0.3, 0.0], dtype=np.float32)
+    for end in ("off_playfield", "all_tiles"):
+        outs = []
+        for env in (stock, fast):
+            env.reset(seed=9)
+            for _ in range(3):
+                assert not env.step(action)[2]
+            if end == "off_playfield":
+                leave_playfield(env)
+            else:
+                env.tile_visited_count = len(env.track)
+            outs.append(env.step(action))
+        (obs_stock, *rest_stock), (obs_fast, *rest_fast) = outs
+        assert np.array_equal(obs_stock, obs_fast) and rest_fast == rest_stock, end
+        reward, terminated, truncated, info = rest_fast
+        assert terminated and not truncated, end
+        assert info["lap_finished"] == (end == "all_tiles")
+        assert (reward == -100.0) == (end == "off_playfield"), reward
+
+
 def draw_road(env, zoom, position, angle):
     """The road surface `env._render_road` draws for a car at `position` (as stock `_render`)."""
     trans = pygame.math.Vector2((-position[0] * zoom, -position[1] * zoom)).rotate_rad(angle)

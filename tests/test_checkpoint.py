@@ -1,5 +1,6 @@
 """Checkpoint round trips, atomicity and errors."""
 
+import errno
 import json
 import os
 
@@ -91,7 +92,10 @@ def test_corrupt_state_names_the_file(tmp_path):
     for path in state_dir.rglob("*"):
         if path.is_file():
             path.write_bytes(b"garbage")
-    with pytest.raises(checkpoint.CheckpointError, match="step_000000001"):
+    with (
+        pytest.warns(UserWarning, match="step_000000001"),
+        pytest.raises(checkpoint.CheckpointError, match="step_000000001"),
+    ):
         checkpoint.restore(tmp_path, target={"x": jnp.zeros(2)})
 
 
@@ -100,3 +104,106 @@ def test_atomic_write_json(tmp_path):
     checkpoint.atomic_write_json(path, {"k": 1})
     assert json.loads(path.read_text()) == {"k": 1}
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+
+def _flip_64_bytes_in_every_file(step_dir):
+    for path in sorted((step_dir / "state").rglob("*")):
+        if path.is_file():
+            data = bytearray(path.read_bytes())
+            start = max(0, len(data) // 2 - 32)
+            for i in range(start, min(len(data), start + 64)):
+                data[i] ^= 0xFF
+            path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_are_caught_and_name_the_file(tmp_path):
+    state = {"kernel": jax.random.normal(jax.random.key(0), (64, 32))}
+    checkpoint.save(tmp_path, state, step=4)
+    checkpoint.restore(tmp_path, target=state, step=4)  # a restore leaves the files as written
+    checkpoint.verify(tmp_path, 4)
+    _flip_64_bytes_in_every_file(tmp_path / "step_000000004")
+    with pytest.raises(checkpoint.CheckpointError, match=r"step_000000004/state/\S+ differs"):
+        checkpoint.restore(tmp_path, target=state, step=4)
+    with (
+        pytest.warns(UserWarning, match="skipping checkpoint step 4"),
+        pytest.raises(checkpoint.CheckpointError) as error,
+    ):
+        checkpoint.restore(tmp_path, target=state)
+    message = str(error.value)
+    assert "\n" not in message and f"delete {tmp_path} and rerun the stage" in message
+
+
+def test_corrupt_newest_step_falls_back_to_the_last_good_one(tmp_path):
+    for step in (5, 10):
+        checkpoint.save(tmp_path, {"x": jnp.full(3, float(step))}, step=step)
+    _flip_64_bytes_in_every_file(tmp_path / "step_000000010")
+    with pytest.warns(UserWarning, match=r"skipping checkpoint step 10: .*step_000000010/state/"):
+        restored, step = checkpoint.restore_latest(tmp_path, target={"x": jnp.zeros(3)})
+    assert step == 5
+    np.testing.assert_array_equal(restored["x"], [5.0, 5.0, 5.0])
+    with pytest.warns(UserWarning, match="step 10"):
+        restored = checkpoint.restore(tmp_path, target={"x": jnp.zeros(3)})
+    np.testing.assert_array_equal(restored["x"], [5.0, 5.0, 5.0])
+    # A file deleted from the newest step is caught the same way.
+    checkpoint.save(tmp_path, {"x": jnp.full(3, 11.0)}, step=11, keep=3)
+    next(p for p in (tmp_path / "step_000000011" / "state").rglob("*") if p.is_file()).unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="cannot read .*step_000000011"):
+        checkpoint.verify(tmp_path, 11)
+
+
+def test_checkpoint_without_checksums_still_loads(tmp_path):
+    checkpoint.save(tmp_path, {"x": jnp.arange(3.0)}, step=2)
+    meta_path = tmp_path / "step_000000002" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert len(meta.pop("files")) >= 1  # written by this version
+    meta_path.write_text(json.dumps(meta))  # as written before the checksums
+    restored = checkpoint.restore(tmp_path, target={"x": jnp.zeros(3)})
+    np.testing.assert_array_equal(restored["x"], [0.0, 1.0, 2.0])
+
+
+def _assert_disk_full_is_one_line(tmp_path, error):
+    message = str(error.value)
+    assert "\n" not in message, message
+    assert f"{tmp_path}/step_000000002" in message and "No space left on device" in message
+    assert error.value.__suppress_context__  # no page of orbax / asyncio frames above it
+    assert checkpoint.all_steps(tmp_path) == [1]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+    restored = checkpoint.restore(tmp_path, target={"x": jnp.zeros(2)})
+    np.testing.assert_array_equal(restored["x"], np.ones(2))  # the previous step is intact
+
+
+def test_disk_full_while_writing_meta_is_one_line(tmp_path, monkeypatch):
+    checkpoint.save(tmp_path, {"x": jnp.ones(2)}, step=1)
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_write", full)
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        checkpoint.save(tmp_path, {"x": jnp.zeros(2)}, step=2)
+    monkeypatch.undo()
+    _assert_disk_full_is_one_line(tmp_path, error)
+
+
+def test_disk_full_inside_orbax_is_one_line(tmp_path, monkeypatch):
+    checkpoint.save(tmp_path, {"x": jnp.ones(2)}, step=1)
+
+    def full(self):
+        # What tensorstore raised, through orbax's background thread, on a full tmpfs.
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "x/0" in OCDBT database at local file "...": '
+            "Failed to write 316698 bytes to file 11: No space left on device "
+            "[os_error_code='28']"
+        )
+
+    monkeypatch.setattr(checkpoint.ocp.StandardCheckpointer, "wait_until_finished", full)
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        checkpoint.save(tmp_path, {"x": jnp.zeros(2)}, step=2)
+    monkeypatch.undo()
+    _assert_disk_full_is_one_line(tmp_path, error)
+
+
+def test_save_errors_that_are_not_io_pass_through(tmp_path):
+    with pytest.raises(ValueError, match="Unsupported type"):
+        checkpoint.save(tmp_path, {"x": object()}, step=1)
+    assert list(tmp_path.iterdir()) == []

@@ -2,14 +2,19 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from test_car_racing_fast import leave_playfield
 
 from wm_jax.data import EpisodeStore
-from wm_jax.envs.collect import collect, episode_seeds, main
+from wm_jax.data.store import require_done_records
+from wm_jax.envs import game_spec, random_policy
+from wm_jax.envs.car_racing import CarRacingEnv
+from wm_jax.envs.collect import collect, episode_seeds, main, run_episode
 from wm_jax.envs.doom import HeldRandomPolicy
 
 SEED = 7
@@ -54,6 +59,75 @@ def test_same_data_from_one_or_two_workers(tmp_path, game):
     assert episode.actions.shape[1] == (3 if game == "car_racing" else 1)
     assert len(episode.frames) <= 30 and np.abs(episode.actions).max() <= 1
     assert sorted(os.listdir(tmp_path)) == ["one", "two"]  # no _vizdoom files
+    assert EpisodeStore(tmp_path / "one").read_meta()["records_done"] is True
+
+
+class LeavesPlayfield(CarRacingEnv):
+    """Real CarRacing whose car is moved off the playfield before step `at` (0-based)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def step(self, action):
+        if self._steps == self.at:
+            leave_playfield(self._game)
+        return super().step(action)
+
+
+def test_car_racing_episodes_end_where_the_game_does():
+    spec, policy = game_spec("car_racing"), random_policy("car_racing")
+    env = LeavesPlayfield(at=5)
+    episode = run_episode(env, policy, spec, SEED, 0, max_frames=30)
+    assert len(episode.frames) == len(episode.actions) == len(episode.rewards) == 6
+    np.testing.assert_array_equal(episode.dones, [False] * 5 + [True])
+    assert episode.rewards[-1] == -100.0 and (episode.rewards[:-1] > -100.0).all()
+    env.close()
+    env = LeavesPlayfield(at=50)
+    capped = run_episode(env, policy, spec, SEED, 0, max_frames=4)
+    assert len(capped.actions) == 4 and not capped.dones.any()  # a cap truncates: no done
+    env.close()
+
+
+def test_format_marker_and_done_check(tmp_path):
+    # num_episodes=0 writes meta.json and plays nothing.
+    quiet = {"workers": 1, "max_frames": 3, "progress": False}
+    collect("car_racing", tmp_path / "new", 0, **quiet)
+    new = EpisodeStore(tmp_path / "new")
+    assert new.read_meta()["records_done"] is True
+    require_done_records(new, "car_racing")
+    collect("car_racing", tmp_path / "full", 0, env_kwargs={"full_episode": True}, **quiet)
+    full = EpisodeStore(tmp_path / "full")
+    assert full.read_meta()["records_done"] is False
+    # A CarRacing store collected before the marker: the World Models code's full episodes.
+    old = EpisodeStore(tmp_path / "old")
+    old_meta = {"game": "car_racing", "seed": 0, "max_frames": 3, "min_frames": 0}
+    old.write_meta(old_meta | {"env_kwargs": {"full_episode": True}, "policy": "RandomWalk"})
+    for store in (full, old):
+        message = rf"^{re.escape(str(store.root))} holds car_racing .* --stages collect$"
+        with pytest.raises(ValueError, match=message):
+            require_done_records(store, "car_racing")
+    with pytest.raises(ValueError, match="collected with .* new folder"):
+        collect("car_racing", old.root, 0, **quiet)  # no resuming it under the new rule
+    # An encoded store answers for the store it was encoded from.
+    for source in (new, old):
+        encoded = EpisodeStore(tmp_path / f"encoded_{source.root.name}")
+        encoded.write_meta({"source": str(source.root.resolve()), "latent_dim": 32})
+        if source is new:
+            require_done_records(encoded, "car_racing")
+        else:
+            with pytest.raises(ValueError, match=f"^{re.escape(str(source.root.resolve()))}"):
+                require_done_records(encoded, "car_racing")
+    moved = EpisodeStore(tmp_path / "encoded_moved")
+    moved.write_meta({"source": str(tmp_path / "gone"), "latent_dim": 32})
+    with pytest.raises(ValueError, match="gone holds car_racing episodes not marked"):
+        require_done_records(moved, "car_racing")
+    # Doom always recorded done: an unmarked Doom store passes and still resumes.
+    doom = EpisodeStore(tmp_path / "doom")
+    doom.write_meta({"game": "doom_take_cover", "seed": 0, "max_frames": 2100, "min_frames": 100})
+    require_done_records(doom, "doom_take_cover")
+    collect("doom_take_cover", doom.root, 0, workers=1, progress=False)
+    assert doom.read_meta()["records_done"] is True
 
 
 def test_resume_shards_and_skips(tmp_path):

@@ -28,7 +28,8 @@ def test_paper_scale_holds_the_papers_numbers():
     car = preset("car_racing", "paper")
     assert car.vae.latent_dim == 32 and car.mdn_rnn.hidden_size == 256
     assert car.mdn_train.seq_len == 999 and car.mdn_train.batch_size == 100
-    assert car.controller.train_in == "real"
+    assert car.controller.train_in == "dream"  # ours; the paper's real-game C is one flag away
+    assert preset("car_racing", "paper", train_in="real").controller.train_in == "real"
 
 
 def test_overrides_parse_types():
@@ -66,12 +67,16 @@ def test_bad_overrides_name_the_field(override, message):
         cfg.apply_overrides(preset("doom_take_cover", "smoke"), [override])
 
 
-def test_car_racing_in_the_dream_needs_a_reward_head():
+def test_car_racing_in_the_dream_needs_reward_and_done_heads():
     car = preset("car_racing", "smoke")
-    with pytest.raises(cfg.ConfigError, match="mdn_rnn.predict_reward=true"):
-        cfg.apply_overrides(car, ["controller.train_in=dream"])
-    config = cfg.apply_overrides(car, ["controller.train_in=dream", "mdn_rnn.predict_reward=1"])
-    assert config.mdn_rnn.predict_reward
+    with pytest.raises(cfg.ConfigError, match="mdn_rnn.predict_done=true"):
+        cfg.apply_overrides(car, ["mdn_rnn.predict_done=false"])
+    car = preset("car_racing", "smoke", train_in="real")
+    with pytest.raises(cfg.ConfigError, match="mdn_rnn.predict_done=true"):
+        cfg.apply_overrides(car, ["controller.train_in=dream", "mdn_rnn.predict_reward=1"])
+    heads = ["mdn_rnn.predict_reward=1", "mdn_rnn.predict_done=1"]
+    config = cfg.apply_overrides(car, ["controller.train_in=dream", *heads])
+    assert config.mdn_rnn.predict_reward and config.mdn_rnn.predict_done
 
 
 def test_only_mirror_symmetric_games_can_be_mirrored():
@@ -115,3 +120,18 @@ def test_a_config_json_with_nan_is_refused():
     data["controller"]["temperature"] = float("nan")
     with pytest.raises(cfg.ConfigError, match="controller.temperature"):
         cfg.from_dict(data)
+
+
+def test_car_racing_trains_c_in_the_dream_by_default_and_the_paper_way_is_one_flag_away():
+    from wm_jax import experiment
+
+    dream = experiment.build_config("car_racing", "small", 0, [])
+    assert dream.controller.train_in == "dream"
+    assert dream.mdn_rnn.predict_reward and dream.mdn_rnn.predict_done
+    assert dream.evolve.rollouts_per_member == 8
+    real = experiment.build_config("car_racing", "small", 0, ["controller.train_in=real"])
+    assert real.controller.train_in == "real"
+    # Sized for the real game: one rollout per member, the paper's M without extra heads.
+    assert real.evolve.rollouts_per_member == 1 and real.evolve.population_size == 16
+    assert not real.mdn_rnn.predict_done
+    assert real.collect == preset("car_racing", "small", train_in="real").collect

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import tracemalloc
 import warnings
 
@@ -15,6 +16,7 @@ from wm_jax.data import (
     EncodedEpisode,
     Episode,
     EpisodeStore,
+    NoEpisodesError,
     encode_store,
     frame_batches,
     sequence_batches,
@@ -162,6 +164,122 @@ def test_frame_batches_memory_is_bounded(tmp_path):
     assert count == 1200 // 32 * 32
     # The pool, one decoded episode (plus its compressed bytes) and a batch, and no more.
     assert peak < budget + 2 * longest_episode + 32 * FRAME_BYTES + 2**20, peak / 2**20
+
+
+def test_frame_batches_resume_exactly_at_any_batch(tmp_path, monkeypatch):
+    store = make_store(tmp_path, [30, 40, 50, 20, 10, 25, 7])
+    path = store.path(5)
+    path.write_bytes(path.read_bytes()[:100])  # a corrupt episode shifts the stream: replay it too
+    budget = 80 * FRAME_BYTES
+    with pytest.warns(UserWarning, match="episode_000005.npz"):
+        full = np.stack(list(frame_batches(3, EpisodeStore(tmp_path), 16, budget, num_epochs=3)))
+    assert len(full) == (157 * 3) // 16
+    reads = []
+    original_read = EpisodeStore.read
+    monkeypatch.setattr(EpisodeStore, "read", lambda s, i: reads.append(i) or original_read(s, i))
+    for start in [1, 4, 5, 9, 17, len(full) - 1]:
+        with pytest.warns(UserWarning, match="episode_000005.npz"):
+            store = EpisodeStore(tmp_path)
+            resumed = frame_batches(3, store, 16, budget, num_epochs=3, start_batch=start)
+            reads.clear()
+            resumed = [next(resumed), *resumed]
+            if start == len(full) - 1:  # into the third epoch: replaying would decode 12+
+                assert len(reads) <= 6  # fast-forwarding decodes only what the pool holds
+        np.testing.assert_array_equal(np.stack(resumed), full[start:])
+    with pytest.warns(UserWarning, match="episode_000005.npz"):
+        store = EpisodeStore(tmp_path)
+        assert list(frame_batches(3, store, 16, budget, num_epochs=3, start_batch=len(full))) == []
+    # Endless, from a JAX key (as the V stage calls it).
+    key = jax.random.key(11)
+    with pytest.warns(UserWarning, match="episode_000005.npz"):
+        endless = frame_batches(key, EpisodeStore(tmp_path), 16, budget, num_epochs=None)
+        want = np.stack([next(endless) for _ in range(40)])
+    with pytest.warns(UserWarning, match="episode_000005.npz"):
+        store = EpisodeStore(tmp_path)
+        resumed = frame_batches(key, store, 16, budget, num_epochs=None, start_batch=23)
+        np.testing.assert_array_equal(np.stack([next(resumed) for _ in range(17)]), want[23:])
+    with pytest.raises(ValueError, match="start_batch"):
+        next(frame_batches(3, store, 16, budget, start_batch=-1))
+
+
+def _truncate(store: EpisodeStore, index: int) -> None:
+    path = store.path(index)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _next_within(stream, seconds: float = 60.0):
+    """next(stream), failing (not hanging the suite) if a stream loops without yielding."""
+    result = {}
+
+    def target():
+        try:
+            result["batch"] = next(stream)
+        except BaseException as error:  # handed to the test's thread
+            result["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"the stream yielded nothing in {seconds} s: it loops for ever")
+    if "error" in result:
+        raise result["error"]
+    return result["batch"]
+
+
+def test_frame_batches_raise_instead_of_looping_over_corrupt_files(tmp_path):
+    store = make_store(tmp_path / "episodes", [4, 4, 4, 4])
+    for index in range(4):
+        _truncate(store, index)
+    message = (
+        r"episodes: 0 of 4 episode files are readable \(4 corrupt\); recollect with --stages "
+        "collect"
+    )
+    for start_batch in (0, 3):
+        with (
+            pytest.warns(UserWarning, match="skipping corrupt"),
+            pytest.raises(NoEpisodesError, match=message),
+        ):
+            store = EpisodeStore(tmp_path / "episodes")
+            _next_within(frame_batches(0, store, 2, 100 * FRAME_BYTES, None, start_batch))
+    assert issubclass(NoEpisodesError, ValueError)
+
+
+def test_frame_batches_raise_when_less_than_a_batch_is_readable(tmp_path):
+    store = make_store(tmp_path, [4, 4, 4])
+    _truncate(store, 1)
+    _truncate(store, 2)
+    with pytest.warns(UserWarning, match="skipping corrupt"):
+        summary = EpisodeStore(tmp_path).readable_summary()
+    assert summary == {
+        "episodes": 1,
+        "frames": 4,
+        "corrupt": ["episode_000001.npz", "episode_000002.npz"],
+    }
+    assert make_store(tmp_path / "good", [4, 5]).readable_summary() == {
+        "episodes": 2,
+        "frames": 9,
+        "corrupt": [],
+    }
+    with (
+        pytest.warns(UserWarning, match="skipping corrupt"),
+        pytest.raises(NoEpisodesError, match=r"1 of 3 .* \(2 corrupt\), 4 frames: fewer than one"),
+    ):
+        _next_within(frame_batches(0, EpisodeStore(tmp_path), 16, 100 * FRAME_BYTES, None))
+    with pytest.raises(CorruptEpisodeError, match="episode_000001.npz"):
+        EpisodeStore(tmp_path, strict=True).readable_summary()
+
+
+def test_frame_batches_progress_when_the_store_is_smaller_than_the_budget(tmp_path):
+    # The pool was sized to the store (21 frames): 5 frames left over from a fill plus the
+    # 20-frame episode never fit again, and the stream spun without yielding.
+    store = make_store(tmp_path, [20, 1])
+    stream = frame_batches(0, store, 16, 100 * FRAME_BYTES, num_epochs=3)
+    batches = [_next_within(stream) for _ in range(3)]
+    assert list(stream) == []  # (21 x 3) // 16 batches
+    seen = [fid for batch in batches for fid in frame_ids(batch)]
+    assert set(seen) <= {(0, t) for t in range(20)} | {(1, 0)}
+    assert max(seen.count(fid) for fid in seen) <= 3  # no frame more often than once an epoch
 
 
 def make_encoded(index: int, length: int, latent_dim: int = 3) -> EncodedEpisode:

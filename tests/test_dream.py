@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from dream_toys import C_PARAMS, M_CONFIG, make, policy
+from dream_toys import C_PARAMS, M_CONFIG, SATURATE, _quiet_mixture, _zeros, make, policy
 
 from wm_jax import dream, dream_rollout, mdn_rnn, vae
 
@@ -97,6 +97,71 @@ def test_car_racing_needs_a_reward_head():
     with_reward = mdn_rnn.MDNRNNConfig(predict_reward=True)
     env, max_steps = dream.make_dream("car_racing", with_reward)
     assert env.reward_kind == "model" and env.obs_dim == 32 + 256 and max_steps == 1000
+
+
+def car_racing_done_model(done_at: int, step_reward: float = -0.1, penalty: float = -100.0):
+    """A CarRacing-shaped M (z 2, a 3, LSTM 2, done and reward heads, no restart input): done
+    first at step `done_at` (1-based), reward `step_reward` before it and `penalty` from it on.
+
+    Cell 0 counts as `dream_toys.counter_model`'s: c0_t = tanh(0.5) t. Cell 1 forgets and reads
+    h0_{t-1} through g = tanh(500 (h0_{t-1} - threshold)), so h1_t = -tanh(1) before step
+    `done_at` and +tanh(1) from it on; the reward head maps those to step_reward and penalty.
+    """
+    config = mdn_rnn.MDNRNNConfig(
+        latent_dim=2,
+        action_dim=3,
+        hidden_size=2,
+        num_mixtures=1,
+        predict_done=True,
+        predict_reward=True,
+    )
+    params = _zeros(config)
+    step_size = float(jnp.tanh(0.5))
+    h0 = lambda t: float(jnp.tanh(step_size * t))  # noqa: E731
+    i, f, g, o = 0, 2, 4, 6  # gate columns of cell 0; cell 1 is the next column of each
+    bias = jnp.zeros(8).at[jnp.array([i, i + 1, f, o, o + 1])].set(SATURATE)
+    bias = bias.at[f + 1].set(-SATURATE).at[g].set(0.5).at[g + 1].set(-500.0 * h0(done_at - 1.5))
+    h0_row = config.latent_dim + config.action_dim  # inputs [z, a], then h_{t-1}
+    kernel = params["lstm"]["kernel"].at[h0_row, g + 1].set(500.0)
+    size = config.latent_dim * config.num_mixtures * 3  # head: mixture, done, reward
+    scale = float(jnp.tanh(1.0))
+    head_kernel = params["head"]["kernel"].at[0, size].set(100.0)
+    head_kernel = head_kernel.at[1, size + 1].set((penalty - step_reward) / (2 * scale))
+    head_bias = (
+        _quiet_mixture(config, params["head"]["bias"]).at[size].set(-100.0 * h0(done_at - 0.5))
+    )
+    head_bias = head_bias.at[size + 1].set((penalty + step_reward) / 2)
+    params = {
+        "lstm": {"kernel": kernel, "bias": bias},
+        "head": {"kernel": head_kernel, "bias": head_bias},
+    }
+    return config, params
+
+
+@pytest.mark.parametrize("done_at", [1, 4])
+def test_car_racing_dream_ends_at_ms_done_and_pays_the_penalty_once(done_at):
+    config, m_params = car_racing_done_model(done_at)
+    env, max_steps = dream.make_dream("car_racing", config)
+    assert max_steps == 1000
+    params = env.make_params(m_params, jnp.zeros((3, 2)), jnp.full((3, 2), -4.0), max_steps=30)
+
+    def full_gas(policy_params, obs):
+        del policy_params, obs
+        return jnp.array([0.0, 1.0, 0.0])
+
+    key = jax.random.key(2)
+    expected = -0.1 * (done_at - 1) - 100.0
+    for chunk_size in (None, 3):
+        result = dream_rollout.rollout(key, env, params, full_gas, None, 30, chunk_size=chunk_size)
+        assert int(result.length) == done_at
+        np.testing.assert_allclose(float(result.episode_return), expected, atol=1e-3)
+    # Past M's done the same M keeps paying the penalty, every step: what a dream without a
+    # done (M trained on full 1,000-frame episodes) paid the controller.
+    trajectory = dream_rollout.rollout_trajectory(key, env, params, full_gas, None, 8)
+    np.testing.assert_array_equal(trajectory.done, np.arange(8) >= done_at - 1)
+    np.testing.assert_array_equal(trajectory.valid, np.arange(8) < done_at)
+    np.testing.assert_allclose(trajectory.reward[done_at - 1 :], -100.0, atol=1e-3)
+    np.testing.assert_allclose(trajectory.reward[: done_at - 1], -0.1, atol=1e-3)
 
 
 def test_bad_params_raise():

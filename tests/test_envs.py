@@ -102,6 +102,27 @@ def test_car_racing_steps_headless(monkeypatch):
         car_racing.CarRacingEnv(renderer="opengl")
 
 
+@pytest.mark.parametrize("full_episode", [False, True])
+def test_car_racing_ends_where_the_game_does(full_episode):
+    from test_car_racing_fast import leave_playfield
+
+    env = car_racing.CarRacingEnv(full_episode=full_episode, max_steps=6)
+    gas = np.array([0.0, -0.4, -1.0])
+    env.reset(3)
+    env.step(gas)
+    leave_playfield(env._game)
+    _, reward, terminated, truncated = env.step(gas)
+    assert reward == -100.0 and (terminated, truncated) == (not full_episode, False)
+    if full_episode:  # the World Models code's rollouts: the game goes on, -100 a step
+        later = [env.step(gas)[1:] for _ in range(4)]
+        assert later == [(-100.0, False, False)] * 3 + [(-100.0, False, True)]
+    env.reset(3)
+    env._game.tile_visited_count = len(env._game.track)  # every tile visited
+    _, reward, terminated, truncated = env.step(gas)
+    assert reward != -100.0 and (terminated, truncated) == (not full_episode, False)
+    env.close()
+
+
 def test_doom_steps_headless_without_writing_to_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     env = make_env("doom_take_cover", max_steps=30)

@@ -72,9 +72,11 @@ def test_resume_continues_an_interrupted_controller_stage(doom_run, capsys):
     assert checkpoint.latest_step(es_dir) == 1
     experiment.run("doom_take_cover", "smoke", doom_run, progress=False)
     out = capsys.readouterr().out
-    for stage in ("collect", "train_vae", "encode", "train_mdn_rnn", "evaluate", "report"):
+    for stage in ("collect", "train_vae", "encode", "train_mdn_rnn"):
         assert f"[{stage}] complete, skipped" in out
     assert "[train_controller] running" in out
+    for stage in ("evaluate", "report"):  # built from the old C: they rerun
+        assert f"[{stage}] stale" in out
     stage_record = json.loads((doom_run / "stages" / "train_controller.json").read_text())
     assert stage_record["seconds"] > 0
     rows = [json.loads(line) for line in (doom_run / "metrics" / "train_controller.jsonl").open()]
@@ -122,7 +124,7 @@ def test_car_racing_smoke_end_to_end(tmp_path):
     run_dir = tmp_path / "car"
     experiment.run("car_racing", "smoke", run_dir, progress=False)
     results = _check_run_folder(run_dir, "car_racing", episodes=2)
-    assert results["controller"]["trained_in"] == "real"
+    assert results["controller"]["trained_in"] == "dream"  # the default: C only in the dream
     assert "906 ± 21" in (run_dir / "report" / "report.md").read_text()
 
 
@@ -169,3 +171,15 @@ def test_minatar_smoke_end_to_end(tmp_path):
     experiment.run("minatar_breakout", "smoke", run_dir, progress=False)
     results = _check_run_folder(run_dir, "minatar_breakout", episodes=2)
     assert results["controller"]["trained_in"] == "dream"
+
+
+def test_an_agent_is_re_measured_on_publication_seeds(doom_run, capsys):
+    from wm_jax import evaluate
+
+    assert evaluate.main([str(doom_run), "--episodes", "2", "--workers", "1", "--no-progress"]) == 0
+    record = json.loads((doom_run / "evaluation" / "seeds-20000000-2.json").read_text())
+    assert record["first_seed"] == 20_000_000 and record["seed_set"] == "publication"
+    assert record["episodes"] == 2 and len(record["returns"]) == 2
+    assert "over 2 episodes" in capsys.readouterr().out
+    assert evaluate.main([str(doom_run / "nothing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err

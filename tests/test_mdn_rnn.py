@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from wm_jax import mdn_rnn
@@ -94,6 +95,20 @@ def test_presets():
         1.0,
         4000,
     )
+    # World Models code: clip by value, episode streams; CarRacing's rate is constant,
+    # Doom's decays ×0.99999 per step to 1e-5.
+    assert (train.grad_clip_mode, train.windows, train.learning_rate_decay) == (
+        "value",
+        "stream",
+        1.0,
+    )
+    doom = mdn_rnn.DOOM_TRAIN
+    assert (doom.learning_rate_decay, doom.min_learning_rate, doom.windows) == (
+        0.99999,
+        1e-5,
+        "stream",
+    )
+    assert mdn_rnn.CAR_RACING.log_sigma_bound == mdn_rnn.DOOM.log_sigma_bound == "soft"
     hash(mdn_rnn.DOOM)  # static jit argument
 
 
@@ -165,38 +180,84 @@ def test_forward_sequence_equals_python_loop_of_forward_step():
             np.testing.assert_allclose(got[:, t], want, atol=1e-5, rtol=1e-5)
 
 
-def _forward_sequence_by_steps(config, params, z, actions, restarts=None):
-    """Reference for forward_sequence: a python loop of forward_step, differentiated by autodiff."""
-    state = mdn_rnn.initial_state(config, z.shape[:1])
+def _forward_sequence_with_state_by_steps(
+    config, params, z, actions, restarts=None, initial_state=None
+):
+    """Reference: a python loop of forward_step, differentiated by autodiff."""
+    state = mdn_rnn.initial_state(config, z.shape[:1]) if initial_state is None else initial_state
     outputs = []
     for t in range(z.shape[1]):
         restart = None if restarts is None else restarts[:, t]
         state, output = mdn_rnn.forward_step(config, params, state, z[:, t], actions[:, t], restart)
         outputs.append(output)
-    return jax.tree.map(lambda *steps: jnp.stack(steps, axis=1), *outputs)
+    return jax.tree.map(lambda *steps: jnp.stack(steps, axis=1), *outputs), state
+
+
+def _forward_sequence_by_steps(config, params, z, actions, restarts=None):
+    return _forward_sequence_with_state_by_steps(config, params, z, actions, restarts)[0]
+
+
+def _random_lstm_state(seed, batch_size, hidden_size):
+    c, h = jax.random.normal(jax.random.key(seed), (2, batch_size, hidden_size))
+    return mdn_rnn.LSTMState(c=c, h=jnp.tanh(h))
 
 
 @pytest.mark.parametrize("use_restart", [True, False])
-@pytest.mark.parametrize("restarts", ["mid_sequence", "never"])
+@pytest.mark.parametrize("restarts", ["mid_sequence", "never", "carried"])
 def test_lstm_custom_vjp_gradients_equal_autodiff(monkeypatch, use_restart, restarts):
+    """Gradients w.r.t. params, and with a carried state also w.r.t. it and through its end."""
     config = dataclasses.replace(SMALL, use_restart=use_restart)
     params = _params(config)
     batch = _random_batch(4, config, batch_size=3, seq_len=9)
-    if restarts == "never":
-        batch = batch._replace(restarts=np.zeros_like(batch.restarts))
-    else:
+    initial = None
+    if restarts == "mid_sequence":
         assert bool(batch.restarts[:, 1:].any())  # resets happen mid-sequence too
+    else:  # "carried": rows 0, 1 continue from a given state, row 2 restarts at step 0
+        batch = batch._replace(restarts=np.zeros_like(batch.restarts))
+        if restarts == "carried":
+            batch.restarts[2, [0, 5]] = True
+            initial = _random_lstm_state(8, 3, config.hidden_size)
+    final_weights = jax.random.normal(jax.random.key(9), (3, config.hidden_size))
 
     def loss_and_grads():  # a new function each time, so jit traces it afresh (no cache hit)
-        grad_fn = jax.value_and_grad(mdn_rnn.loss_fn, argnums=2, has_aux=True)
-        return jax.jit(lambda params, batch: grad_fn(jax.random.key(5), config, params, batch))
+        def objective(params, initial):
+            loss, (metrics, final) = mdn_rnn.loss_with_state(
+                jax.random.key(5), config, params, batch, initial
+            )
+            # The final state is the next window's initial state: its gradient path counts.
+            return loss + jnp.sum(final_weights * (final.h + final.c)), metrics
 
-    (_, metrics), grads = loss_and_grads()(params, batch)
-    monkeypatch.setattr(mdn_rnn, "forward_sequence", _forward_sequence_by_steps)
-    (_, want_metrics), want_grads = loss_and_grads()(params, batch)
+        return jax.jit(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))
+
+    (_, metrics), grads = loss_and_grads()(params, initial)
+    monkeypatch.setattr(
+        mdn_rnn, "forward_sequence_with_state", _forward_sequence_with_state_by_steps
+    )
+    (_, want_metrics), want_grads = loss_and_grads()(params, initial)
     chex.assert_trees_all_close(metrics, want_metrics, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(grads, want_grads, rtol=1e-5, atol=1e-6)
-    assert float(jnp.max(jnp.abs(grads["lstm"]["kernel"]))) > 1e-3  # not trivially zero
+    assert float(jnp.max(jnp.abs(grads[0]["lstm"]["kernel"]))) > 1e-3  # not trivially zero
+    if restarts == "carried":
+        d_initial = grads[1]
+        assert float(jnp.min(jnp.abs(d_initial.h[:2]).max(-1))) > 1e-4  # continued rows
+        np.testing.assert_array_equal(d_initial.h[2], 0.0)  # a restart cuts the gradient
+        np.testing.assert_array_equal(d_initial.c[2], 0.0)
+
+
+def test_a_window_continued_from_the_carried_state_equals_one_long_window():
+    params = _params(SMALL)
+    batch = _random_batch(11, SMALL, batch_size=3, seq_len=10)
+    z = batch.mu[:, :-1]
+    whole, whole_final = jax.jit(mdn_rnn.forward_sequence_with_state, static_argnums=0)(
+        SMALL, params, z, batch.actions, batch.restarts
+    )
+    first = jax.jit(mdn_rnn.forward_sequence_with_state, static_argnums=0)
+    _, carry = first(SMALL, params, z[:, :6], batch.actions[:, :6], batch.restarts[:, :6])
+    second, final = first(
+        SMALL, params, z[:, 6:], batch.actions[:, 6:], batch.restarts[:, 6:], carry
+    )
+    chex.assert_trees_all_close(second, jax.tree.map(lambda x: x[:, 6:], whole), atol=1e-5)
+    chex.assert_trees_all_close(final, whole_final, atol=1e-5)
 
 
 def test_lstm_custom_vjp_gradient_wrt_inputs_without_restarts():
@@ -255,7 +316,9 @@ def test_jit_equals_no_jit():
 
 def test_no_retrace_across_train_steps_and_temperatures(monkeypatch):
     chex.clear_trace_counter()
-    monkeypatch.setattr(mdn_rnn, "loss_fn", chex.assert_max_traces(mdn_rnn.loss_fn, n=1))
+    monkeypatch.setattr(
+        mdn_rnn, "loss_with_state", chex.assert_max_traces(mdn_rnn.loss_with_state, n=1)
+    )
     # A train config of its own, so make_train's cache cannot hand back an already-traced step.
     train_config = dataclasses.replace(SMALL_TRAIN, learning_rate=2e-3)
     _, train_step = mdn_rnn.make_train(SMALL, train_config)
@@ -339,11 +402,13 @@ def _toy_batch(rng, batch_size, seq_len):
     for t in range(seq_len):
         mu[:, t + 1] = np.tanh(mu[:, t] @ W + actions[:, t] @ U)
     flags = np.zeros((batch_size, seq_len), bool)
+    restarts = flags.copy()
+    restarts[:, 0] = True  # fresh sequences: nothing carried over from the last batch
     return mdn_rnn.SequenceBatch(
         mu=mu.astype(np.float32),
         logvar=np.full(mu.shape, -12.0, np.float32),
         actions=actions.astype(np.float32),
-        restarts=flags,
+        restarts=restarts,
         dones=flags,
         rewards=np.zeros((batch_size, seq_len), np.float32),
         mask=~flags,
@@ -467,17 +532,134 @@ def test_heads_that_are_off_are_neither_trained_nor_reported():
     np.testing.assert_allclose(loss, metrics["z_nll"])
 
 
-def test_dream_step_samples_like_sample_next_on_the_normalised_head():
-    # `step` samples from the raw head (softmax of logits / τ, the chosen log σ bounded);
-    # `sample_next` from the normalised one: the same distribution, the same draws.
-    params = _params(SMALL)
-    state = mdn_rnn.initial_state(SMALL, (64,))
+@pytest.mark.parametrize("bound", ["soft", "none"])
+def test_dream_step_samples_like_sample_next_on_the_normalised_head(bound):
+    # `step` samples from the raw head (softmax of logits / τ, the chosen log σ bounded as
+    # config.log_sigma_bound says); `sample_next` from the normalised one: the same
+    # distribution, the same draws.
+    config = dataclasses.replace(SMALL, log_sigma_bound=bound)
+    params = _fresh_params(config)
+    params["head"]["kernel"] = params["head"]["kernel"] * 4.0  # log σ where the bound bites
+    state = mdn_rnn.initial_state(config, (64,))
     z = jax.random.normal(jax.random.key(1), (64, 4))
     action = jax.random.uniform(jax.random.key(2), (64, 2), minval=-1, maxval=1)
     for i, temperature in enumerate([1e-6, 0.5, 1.15]):
         key = jax.random.key(10 + i)
-        new_state, z_next, _, _ = _step(key, SMALL, params, state, z, action, temperature)
-        reference_state, output = mdn_rnn.forward_step(SMALL, params, state, z, action)
+        new_state, z_next, _, _ = _step(key, config, params, state, z, action, temperature)
+        reference_state, output = mdn_rnn.forward_step(config, params, state, z, action)
         chex.assert_trees_all_close(new_state, reference_state, atol=1e-6)
         reference = jax.jit(mdn_rnn.sample_next)(key, output, temperature)
         np.testing.assert_allclose(z_next, reference, atol=1e-5)
+
+
+def test_train_step_carries_each_rows_state_to_the_next_window():
+    init_state, train_step = _small_train()  # windows="stream", the default
+    state = init_state(jax.random.key(0))
+    assert state.carry.h.shape == state.carry.c.shape == (2, 16) and not state.carry.h.any()
+    batch = _random_batch(1, SMALL, batch_size=2, seq_len=4)
+    batch = batch._replace(restarts=np.zeros_like(batch.restarts))  # both rows continue
+    carried = state.replace(carry=_random_lstm_state(3, 2, 16))
+    key = jax.random.key(4)
+    new_state, metrics = train_step(key, carried, batch)
+    loss, (_, final) = jax.jit(mdn_rnn.loss_with_state, static_argnums=1)(
+        key, SMALL, carried.params, batch, carried.carry
+    )
+    chex.assert_trees_all_close(new_state.carry, final, atol=1e-6)  # the next window's start
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+    _, from_zeros = train_step(key, state, batch)
+    assert abs(float(from_zeros["loss"] - metrics["loss"])) > 1e-4  # the carry is used
+
+    # Random windows: nothing carried, every window from zeros.
+    init_random, step_random = mdn_rnn.make_train(
+        SMALL, dataclasses.replace(SMALL_TRAIN, windows="random")
+    )
+    random_state = init_random(jax.random.key(0))
+    assert random_state.carry is None
+    random_state, random_metrics = step_random(key, random_state, batch)
+    assert random_state.carry is None
+    np.testing.assert_allclose(random_metrics["loss"], from_zeros["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["value", "global_norm"])
+def test_gradients_are_clipped_per_element_as_the_authors(mode):
+    # World Models code: tf.clip_by_value(grad, -1, 1); the default since it is the authors'.
+    train_config = mdn_rnn.MDNTrainConfig(grad_clip_mode=mode)
+    optimizer = mdn_rnn.make_optimizer(train_config)
+    params = {"b": jnp.zeros(2), "w": jnp.zeros(3)}
+    grads = {"b": jnp.array([-0.5, 0.1]), "w": jnp.array([5.0, 0.3, -0.2])}
+    _, opt_state = optimizer.update(grads, optimizer.init(params), params)
+    adam = opt_state[1][0]
+    assert isinstance(adam, optax.ScaleByAdamState)
+    clipped = jax.tree.map(lambda m: m / 0.1, adam.mu)  # after one step m = (1 - β1) · g
+    if mode == "value":  # the 5 becomes 1, the others are untouched
+        want = {"b": [-0.5, 0.1], "w": [1.0, 0.3, -0.2]}
+    else:  # every element scaled by 1 / global norm
+        norm = np.sqrt(0.25 + 0.01 + 25.0 + 0.09 + 0.04)
+        want = jax.tree.map(lambda g: np.asarray(g) / norm, grads)
+    chex.assert_trees_all_close(clipped, {k: np.asarray(v) for k, v in want.items()}, rtol=1e-5)
+
+
+def test_doom_learning_rate_decays_as_the_authors():
+    # doomrnn/rnn_train.py: lr = (lr_init - min_lr) · decay^step + min_lr.
+    schedule = mdn_rnn.learning_rate_schedule(mdn_rnn.DOOM_TRAIN)
+    steps = np.array([0, 1, 1_000, 100_000, 1_000_000])
+    want = (1e-3 - 1e-5) * 0.99999**steps + 1e-5
+    np.testing.assert_allclose(jax.jit(schedule)(steps), want, rtol=1e-5)
+    np.testing.assert_allclose(want[[0, 3, 4]], [1e-3, 3.742e-4, 1.0045e-5], rtol=1e-3)
+    assert mdn_rnn.learning_rate_schedule(mdn_rnn.MDNTrainConfig()) == 1e-3  # CarRacing
+
+    # The optimiser follows it: Adam's step on a constant gradient is lr(t) (m̂ / √v̂ = 1).
+    fast = dataclasses.replace(mdn_rnn.DOOM_TRAIN, learning_rate_decay=0.5)
+    optimizer = mdn_rnn.make_optimizer(fast)
+    params = jnp.zeros(1)
+    opt_state = optimizer.init(params)
+    for step in range(4):
+        updates, opt_state = optimizer.update(jnp.full(1, 0.5), opt_state, params)
+        np.testing.assert_allclose(-updates, (1e-3 - 1e-5) * 0.5**step + 1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bound", ["soft", "none"])
+def test_log_sigma_bound_is_switchable(bound):
+    config = dataclasses.replace(SMALL, log_sigma_bound=bound)
+    params = _fresh_params(config)
+    params["head"]["kernel"] = params["head"]["kernel"] * 4.0  # log σ well outside [-1, 1]
+    batch = _random_batch(2, config, batch_size=2, seq_len=5)
+    key = jax.random.key(3)
+    noise = np.asarray(jax.random.normal(key, batch.mu.shape))  # loss_fn's resampling of z
+    z = (batch.mu + np.exp(0.5 * batch.logvar) * noise).astype(np.float32)
+    output = _forward_sequence(config, params, z[:, :-1], batch.actions, batch.restarts)
+    state, hidden = mdn_rnn.initial_state(config, (2,)), []
+    for t in range(5):
+        args = (z[:, t], batch.actions[:, t], batch.restarts[:, t])
+        state, _ = _forward_step(config, params, state, *args)
+        hidden.append(state.h)
+    raw = mdn_rnn._head_raw(config, params, jnp.stack(hidden, axis=1))[2]
+    if bound == "none":  # the authors' formula: log σ is the head's output
+        np.testing.assert_allclose(output.log_sigma, raw, atol=1e-5)
+    else:  # smooth, inside [LOG_SIGMA_MIN, LOG_SIGMA_MAX], and not the identity inside
+        assert float(jnp.max(jnp.abs(output.log_sigma - raw))) > 1e-3
+        np.testing.assert_allclose(output.log_sigma, mdn_rnn._bound_log_sigma(raw), atol=1e-5)
+        assert float(output.log_sigma.max()) <= mdn_rnn.LOG_SIGMA_MAX
+    np.testing.assert_allclose(
+        mdn_rnn._bound_log_sigma(jnp.array([-3.0, 0.0])), [-2.9887, -0.126], atol=1e-3
+    )
+
+    # The loss is the mixture NLL under that log σ (World Models: Σ_k π_k N(z; μ_k, σ_k)).
+    log_sigma = np.asarray(raw if bound == "none" else mdn_rnn._bound_log_sigma(raw), np.float64)
+    scaled = (z[:, 1:, :, None] - np.asarray(output.mu)) * np.exp(-log_sigma)
+    log_normal = -0.5 * scaled**2 - log_sigma - 0.5 * np.log(2 * np.pi)
+    log_prob = np.logaddexp.reduce(np.asarray(output.log_pi) + log_normal, axis=-1)
+    _, metrics = _loss_fn(key, config, params, batch)
+    np.testing.assert_allclose(metrics["z_nll"], -log_prob[batch.mask].mean(), rtol=1e-4)
+
+
+def test_bad_training_choices_raise_naming_the_field():
+    with pytest.raises(ValueError, match="windows='sliding'"):
+        mdn_rnn.make_train(SMALL, dataclasses.replace(SMALL_TRAIN, windows="sliding"))
+    with pytest.raises(ValueError, match="grad_clip_mode='norm'"):
+        mdn_rnn.make_optimizer(dataclasses.replace(SMALL_TRAIN, grad_clip_mode="norm"))
+    config = dataclasses.replace(SMALL, log_sigma_bound="hard")
+    with pytest.raises(ValueError, match="log_sigma_bound='hard'"):
+        mdn_rnn.forward_step(
+            config, _params(SMALL), mdn_rnn.initial_state(SMALL), jnp.zeros(4), jnp.zeros(2)
+        )

@@ -93,3 +93,51 @@ def test_read_jsonl_skips_a_line_cut_by_a_kill(tmp_path):
     with open(path, "a") as f:
         f.write('{"step": 3, "lo')
     assert [row["step"] for row in training_loop.read_jsonl(path)] == [1, 2]
+
+
+def test_resume_from_the_last_good_checkpoint_when_the_newest_is_corrupt(tmp_path):
+    straight, _ = _run(tmp_path, "straight", _batches)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "killed", lambda start: _batches(start, stop_at=11))
+    assert checkpoint.all_steps(tmp_path / "killed") == [5, 10]
+    for path in (tmp_path / "killed" / "step_000000010" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[::-1])  # bit rot
+    starts = []
+
+    def recording(start):
+        starts.append(start)
+        return _batches(start)
+
+    with pytest.warns(UserWarning, match="skipping checkpoint step 10: .*step_000000010"):
+        resumed, _ = _run(tmp_path, "killed", recording)
+    assert starts == [5]  # the stream resumes where the restored state is, not at step 10
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert checkpoint.latest_step(tmp_path / "killed") == 12
+
+
+def test_resumed_frame_stream_matches_an_uninterrupted_run(tmp_path):
+    """V's data: the stream restarted at the restored step is the one an unkilled run saw."""
+    from test_data import make_store
+
+    from wm_jax.data import frame_batches
+    from wm_jax.data.loaders import FRAME_BYTES
+
+    store = make_store(tmp_path / "episodes", [9, 14, 5, 11, 8])
+    seed = jax.random.key(5)
+
+    def frames(start, stop_at=None):
+        stream = frame_batches(seed, store, 4, 20 * FRAME_BYTES, None, start_batch=start)
+        for step, batch in enumerate(stream, start):
+            if step == stop_at:
+                raise KeyboardInterrupt
+            yield jnp.asarray(batch[:, 0, 0].mean(0) / 255.0)  # (3,) per-channel means
+
+    straight, _ = _run(tmp_path, "straight", frames, num_steps=40)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "killed", lambda start: frames(start, stop_at=23), num_steps=40)
+    assert checkpoint.latest_step(tmp_path / "killed") == 20
+    resumed, _ = _run(tmp_path, "killed", frames, num_steps=40)
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

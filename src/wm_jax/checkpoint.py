@@ -4,22 +4,30 @@ Layout of a checkpoint folder::
 
     DIR/config.json               # how to rebuild the model (written atomically)
     DIR/step_000000100/state/     # orbax pytree
-    DIR/step_000000100/meta.json  # step + config; written last, so its presence marks completion
+    DIR/step_000000100/meta.json  # step, config and the sha256 of every file under state/;
+                                  # written last, so its presence marks completion
 
 A save goes to a hidden temporary folder that is renamed into place only once orbax has finished
 writing, so a crash or Ctrl-C mid-save never leaves a checkpoint that loads as valid-but-wrong:
-the previous step stays the latest complete one. orbax's own traps are handled here: it needs
-absolute paths, refuses to overwrite, loses an async save if the process exits first (we wait),
-and restores optax states as plain lists unless given a target (pass `target=`).
+the previous step stays the latest complete one. A restore checks the files against meta.json's
+checksums first: orbax itself reads flipped bytes as weights (~1e34) without a word. Without a
+`step`, a corrupt step is skipped with a warning for the newest one that verifies. Checkpoints
+written before the checksums (no "files" in meta.json) load unchecked.
+
+orbax's own traps are handled here: it needs absolute paths, refuses to overwrite, loses an async
+save if the process exits first (we wait), restores optax states as plain lists unless given a
+target (pass `target=`), and reports a full disk as a page of asyncio traceback (we say one line).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,10 +37,12 @@ import orbax.checkpoint as ocp
 from wm_jax.data.store import atomic_write
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
+# tensorstore (orbax's array writer) reports OS errors as ValueError("...[os_error_code='28']").
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
 class CheckpointError(Exception):
-    """A checkpoint is missing or unreadable; the message names the path."""
+    """A checkpoint is missing, corrupt or cannot be written; the one-line message names it."""
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -48,6 +58,38 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def _step_dir(directory: Path, step: int) -> Path:
     return directory / f"step_{step:09d}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_digests(state_dir: Path) -> dict[str, str]:
+    """sha256 of every file under `state_dir`, keyed by its POSIX path relative to it."""
+    files = sorted(p for p in state_dir.rglob("*") if p.is_file())
+    return {p.relative_to(state_dir).as_posix(): _sha256(p) for p in files}
+
+
+def _io_cause(error: BaseException) -> str | None:
+    """The OS error behind an exception from orbax / tensorstore, in words; None if not I/O."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        err = pending.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            return err.strerror or str(err).splitlines()[0]
+        match = _OS_ERROR_CODE.search(str(err))
+        if match:
+            return os.strerror(int(match.group(1)))
+        pending += [err.__cause__, err.__context__, *getattr(err, "exceptions", ())]
+    return None
 
 
 def all_steps(directory: str | os.PathLike) -> list[int]:
@@ -95,15 +137,40 @@ def save(
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory = Path(directory).absolute()  # orbax refuses relative paths
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".tmp_step_{step:09d}_{uuid.uuid4().hex}"
     final = _step_dir(directory, step)
     try:
+        _save_step(directory, final, pytree, step, config)
+        if config is not None:
+            atomic_write_json(directory / "config.json", dict(config))
+    except Exception as err:
+        cause = _io_cause(err)
+        if cause is None:
+            raise
+        # One line instead of orbax's page of asyncio traceback; the folder says where.
+        raise CheckpointError(f"cannot save checkpoint {final}: {cause}") from None
+    for old in all_steps(directory)[:-keep]:
+        shutil.rmtree(_step_dir(directory, old), ignore_errors=True)
+    return final
+
+
+def _save_step(
+    directory: Path, final: Path, pytree: Any, step: int, config: Mapping[str, Any] | None
+) -> None:
+    """orbax writes a hidden folder; meta.json (with the checksums) goes last; then a rename."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".tmp_step_{step:09d}_{uuid.uuid4().hex}"
+    try:
         checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / "state", pytree)
-        checkpointer.wait_until_finished()  # an async save is lost if the process exits first
-        checkpointer.close()
-        meta = {"step": int(step), "config": dict(config) if config is not None else None}
+        try:
+            checkpointer.save(tmp / "state", pytree)
+            checkpointer.wait_until_finished()  # an async save is lost if the process exits first
+        finally:
+            checkpointer.close()
+        meta = {
+            "step": int(step),
+            "config": dict(config) if config is not None else None,
+            "files": _file_digests(tmp / "state"),
+        }
         atomic_write_json(tmp / "meta.json", meta)
         if final.exists():  # replace an existing step without a window where neither exists
             trash = directory / f".trash_{final.name}_{uuid.uuid4().hex}"
@@ -115,43 +182,105 @@ def save(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    if config is not None:
-        atomic_write_json(directory / "config.json", dict(config))
-    for old in all_steps(directory)[:-keep]:
-        shutil.rmtree(_step_dir(directory, old), ignore_errors=True)
-    return final
 
 
-def restore(directory: str | os.PathLike, target: Any = None, *, step: int | None = None) -> Any:
-    """Restore a checkpoint of `directory` (its latest complete step unless `step` is given).
+def verify(directory: str | os.PathLike, step: int) -> None:
+    """Check step `step`'s files against the sha256 sums in its meta.json.
 
-    Args:
-      directory: the checkpoint folder given to `save`.
-      target: a pytree of the same structure (concrete or `jax.ShapeDtypeStruct` leaves); needed
-        to get optax states and flax structs back as their own types rather than plain lists.
-      step: which step; defaults to the latest complete one.
+    A checkpoint written before the sums were recorded passes unchecked.
 
     Raises:
-      CheckpointError: naming the folder, when there is no such checkpoint or it cannot be read.
+      CheckpointError: naming the first file that is missing, unreadable or altered.
     """
-    directory = Path(directory).absolute()
-    if step is None:
-        step = latest_step(directory)
-        if step is None:
-            raise CheckpointError(f"no complete checkpoint in {directory}")
+    step_dir = _step_dir(Path(directory).absolute(), step)
+    meta_path = step_dir / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        files = meta.get("files")
+        if files is not None and not isinstance(files, dict):
+            raise ValueError(f"'files' is a {type(files).__name__}, not a mapping")
+    except (OSError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"corrupt checkpoint {meta_path}: {err}") from None
+    if files is None:
+        return
+    state_dir = step_dir / "state"
+    for name, expected in files.items():
+        path = state_dir / name
+        try:
+            actual = _sha256(path)
+        except OSError as err:
+            message = f"corrupt checkpoint: cannot read {path}: {err.strerror}"
+            raise CheckpointError(message) from None
+        if actual != expected:
+            raise CheckpointError(
+                f"corrupt checkpoint: {path} differs from its sha256 in {meta_path}"
+            )
+
+
+def _restore_step(directory: Path, step: int, target: Any) -> Any:
     path = _step_dir(directory, step) / "state"
-    if not path.is_dir() or not (path.parent / "meta.json").is_file():
-        available = all_steps(directory)
-        raise CheckpointError(f"no checkpoint for step {step} in {directory} (steps: {available})")
     checkpointer = ocp.StandardCheckpointer()
     try:
         if target is None:
             return checkpointer.restore(path)
         return checkpointer.restore(path, target)
     except Exception as err:  # orbax raises many types; name the file for the user
-        raise CheckpointError(f"cannot restore {path}: {type(err).__name__}: {err}") from err
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"cannot restore {path}: {type(err).__name__}: {first_line}") from err
     finally:
         checkpointer.close()
+
+
+def restore_latest(directory: str | os.PathLike, target: Any = None) -> tuple[Any, int]:
+    """Restore the newest step of `directory` that verifies; returns (pytree, step).
+
+    A newer step that fails `verify` is skipped with a warning naming its corrupt file.
+
+    Raises:
+      CheckpointError: when there is no complete step or none verifies; the message names the
+        folder and how to rebuild it.
+    """
+    directory = Path(directory).absolute()
+    steps = all_steps(directory)
+    if not steps:
+        raise CheckpointError(f"no complete checkpoint in {directory}")
+    problems = []
+    for step in reversed(steps):
+        try:
+            verify(directory, step)
+        except CheckpointError as err:
+            problems.append(str(err))
+            warnings.warn(f"skipping checkpoint step {step}: {err}", stacklevel=2)
+            continue
+        return _restore_step(directory, step, target), step
+    raise CheckpointError(
+        f"no checkpoint in {directory} verifies ({'; '.join(problems)}); "
+        f"delete {directory} and rerun the stage that wrote it"
+    )
+
+
+def restore(directory: str | os.PathLike, target: Any = None, *, step: int | None = None) -> Any:
+    """Restore a checkpoint of `directory`, verified (its newest good step unless `step` is given).
+
+    Args:
+      directory: the checkpoint folder given to `save`.
+      target: a pytree of the same structure (concrete or `jax.ShapeDtypeStruct` leaves); needed
+        to get optax states and flax structs back as their own types rather than plain lists.
+      step: which step; defaults to the newest one that verifies (see `restore_latest`).
+
+    Raises:
+      CheckpointError: naming the folder or file, when there is no such checkpoint, it is
+        corrupt or it cannot be read.
+    """
+    directory = Path(directory).absolute()
+    if step is None:
+        return restore_latest(directory, target)[0]
+    step_dir = _step_dir(directory, step)
+    if not (step_dir / "state").is_dir() or not (step_dir / "meta.json").is_file():
+        available = all_steps(directory)
+        raise CheckpointError(f"no checkpoint for step {step} in {directory} (steps: {available})")
+    verify(directory, step)
+    return _restore_step(directory, step, target)
 
 
 def load_config(directory: str | os.PathLike) -> dict:

@@ -16,9 +16,10 @@ from typing import Any
 
 from wm_jax import config as cfg
 from wm_jax import run_folder
+from wm_jax.data.store import NoEpisodesError
 
-# Errors of the data the user can fix (the loaders' "no readable episodes", ...).
-USER_ERRORS: tuple[type[Exception], ...] = ()
+# Errors of the data the user can fix: no readable episodes, a store without done records.
+USER_ERRORS: tuple[type[Exception], ...] = (NoEpisodesError,)
 
 
 class Terminated(KeyboardInterrupt):

@@ -79,6 +79,20 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class IterateConfig:
+    """World Models §5, after the first C: collect with C (plus noise), retrain M on all the
+    data, re-evolve C in the new dream, evaluate; `iterations` times (`wm_jax.iterative`)."""
+
+    iterations: int = 0  # 0: the paper's one-shot pipeline
+    episodes: int = 0  # new real episodes per iteration (0: collect.episodes)
+    noise: float = 0.1  # std of the Gaussian noise on C's actions while collecting
+    fresh_controller: bool = False  # re-evolve C from zeros (else from the previous C)
+    # Settings of every iteration's run, e.g. "mdn_train.num_steps=1000" (M's steps per
+    # iteration) or "data.mirror=true".
+    overrides: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     experiment: str
     scale: str
@@ -92,6 +106,7 @@ class ExperimentConfig:
     controller: ControllerStageConfig
     evolve: evolve.EvolveConfig
     evaluate: EvaluateConfig
+    iterate: IterateConfig = IterateConfig()
 
     @property
     def game(self) -> str:
@@ -111,12 +126,16 @@ SECTIONS = (
     "controller",
     "evolve",
     "evaluate",
+    "iterate",
 )
 
 # Allowed values (choices, or (low, high) inclusive numeric ranges; None = unbounded).
 _CHOICES = {
     ("controller", "kind"): ("linear_zh", "linear_z", "hidden_z"),
     ("controller", "train_in"): ("real", "dream"),
+    ("mdn_train", "windows"): ("stream", "random"),
+    ("mdn_train", "grad_clip_mode"): ("value", "global_norm"),
+    ("mdn_rnn", "log_sigma_bound"): ("soft", "none"),
 }
 _RANGES = {
     ("controller", "temperature"): (1e-3, 10.0),
@@ -128,6 +147,8 @@ _RANGES = {
     ("evolve", "sigma_init"): (1e-6, 100.0),
     ("collect", "workers"): (0, 4096),
     ("evaluate", "workers"): (0, 4096),
+    ("iterate", "iterations"): (0, 1000),
+    ("iterate", "episodes"): (0, None),
 }
 _ZERO_ALLOWED = ("eval_every", "checkpoint_every", "min_frames", "done_pos_weight")
 
@@ -165,10 +186,12 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             f"{config.mdn_rnn.latent_dim} must be equal (M models V's latent)"
         )
     dream_car = config.controller.train_in == "dream" and config.game == "car_racing"
-    if dream_car and not config.mdn_rnn.predict_reward:
+    if dream_car and not (config.mdn_rnn.predict_reward and config.mdn_rnn.predict_done):
+        # The dream pays the game's reward and ends where the game would: leaving the
+        # playfield costs -100 once and ends the episode.
         raise ConfigError(
-            "controller.train_in=dream for car_racing needs M to predict reward: "
-            "add --set mdn_rnn.predict_reward=true"
+            "controller.train_in=dream for car_racing needs M to predict reward and done: "
+            "add --set mdn_rnn.predict_reward=true --set mdn_rnn.predict_done=true"
         )
     if config.data.mirror:
         from wm_jax.envs import game_spec
@@ -178,6 +201,11 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
                 f"data.mirror=true: {config.game} is not mirror-symmetric; only games whose "
                 "GameSpec has mirror_signs (doom_take_cover) can be mirrored"
             )
+    if config.iterate.iterations and config.controller.train_in != "dream":
+        raise ConfigError(
+            f"iterate.iterations={config.iterate.iterations}: the iterative procedure (§5) "
+            "re-evolves C in the dream and needs controller.train_in=dream"
+        )
     per_call = config.evolve.generations_per_call
     if config.controller.generations % per_call:
         raise ConfigError(
@@ -245,6 +273,9 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
     for field in dataclasses.fields(ExperimentConfig):
         if field.name in SECTIONS:
             cls = type(getattr(preset(data["experiment"], data["scale"]), field.name))
+            if field.name not in data:  # a section newer than the run: its defaults
+                kwargs[field.name] = cls()
+                continue
             sub = dict(data[field.name])
             for f in dataclasses.fields(cls):  # JSON turns tuples into lists
                 if isinstance(sub.get(f.name), list):

@@ -5,6 +5,11 @@ them per frame (`wm_jax.real_rollout`). Its seeds are `EVAL_SEED_OFFSET + i`: tr
 uses seeds that high (`wm_jax.evolve` trains on [0, 9,000,000) and selects on
 [9,000,000, 10,000,000)), so the score is on tracks / levels the controller never saw.
 `evaluate_in_dream` gives the "score in dream" column of the paper's Doom table.
+
+Two disjoint ranges of evaluation seeds keep choices apart from published scores:
+*selection* seeds [10,000,000, 20,000,000) are what a run's own evaluate stage plays (and what
+every choice of preset, τ or lever looked at); *publication* seeds from 20,000,000 are played
+once, after every choice, by `python -m wm_jax.evaluate RUN_DIR --seeds publication`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from wm_jax import controller, dream, evolve, real_rollout
 from wm_jax.training_loop import append_jsonl, read_jsonl
 
 EVAL_SEED_OFFSET = evolve.TRAIN_SEED_LIMIT  # 10,000,000: evaluation episode i uses this + i
+SELECTION_SEED_OFFSET = EVAL_SEED_OFFSET  # the run's evaluate stage; choices look at these
+PUBLICATION_SEED_OFFSET = 20_000_000  # published scores: no choice ever looked at them
+SEED_SETS = {"selection": SELECTION_SEED_OFFSET, "publication": PUBLICATION_SEED_OFFSET}
 NUM_EPISODES = 100  # World Models: average over 100 random trials
 
 
@@ -186,3 +194,87 @@ def play_in_process(
     finally:
         env.close()
     return _result(returns, lengths, seeds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m wm_jax.evaluate RUN_DIR`: re-measure a run's agent on any real seeds."""
+    import argparse
+    import json
+    import time
+
+    from wm_jax import runtime
+    from wm_jax.cli import run_command
+
+    runtime.tune_malloc()
+    parser = argparse.ArgumentParser(
+        prog="python -m wm_jax.evaluate",
+        description="Play a trained agent (V, M, C of a run folder) in the real game on given "
+        "seeds, in parallel, and write a JSON record.",
+    )
+    parser.add_argument("agent", type=Path, help="a run folder whose train_controller finished")
+    parser.add_argument("--episodes", type=int, default=NUM_EPISODES)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--seeds", choices=tuple(SEED_SETS), default="publication")
+    group.add_argument("--first-seed", type=int, default=None, help="seeds S, S + 1, ...")
+    parser.add_argument("--workers", type=int, default=0, help="0: one per CPU core")
+    parser.add_argument("--out", type=Path, default=None, help="default AGENT/evaluation/")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    first = SEED_SETS[args.seeds] if args.first_seed is None else args.first_seed
+
+    def work() -> dict[str, Any]:
+        from wm_jax import config as cfg
+        from wm_jax import run_folder, stages
+
+        if args.episodes < 1:
+            raise cfg.ConfigError(f"--episodes {args.episodes}: must be >= 1")
+        path = args.agent / "config.json"
+        if not path.is_file():
+            raise cfg.ConfigError(f"{args.agent} is not a run folder (no config.json)")
+        config = cfg.from_dict(json.loads(path.read_text()))
+        paths = run_folder.RunPaths(args.agent)
+        c_config = stages.controller_config(config)
+        name = f"seeds-{first}-{args.episodes}"
+        out = args.out or args.agent / "evaluation" / f"{name}.json"
+        start = time.perf_counter()
+        result = evaluate_controller(
+            stages._stage_key(config, "evaluate"),
+            config.game,
+            stages.real_models(config, paths, c_config),
+            c_config,
+            stages.load_controller(paths),
+            args.episodes,
+            num_workers=args.workers or stages._workers(0),
+            seed_offset=first,
+            progress=not args.no_progress,
+            record_path=out.with_suffix(".jsonl"),
+        )
+        record = {
+            "agent": str(args.agent),
+            "experiment": config.experiment,
+            "seed_set": args.seeds if args.first_seed is None else "custom",
+            "first_seed": first,
+            "episodes": int(np.isfinite(result.returns).sum()),
+            "mean": result.mean,
+            "std": result.std,
+            "returns": [float(r) for r in result.returns],
+            "lengths": [int(n) for n in result.lengths],
+            "seconds": time.perf_counter() - start,
+        }
+        from wm_jax.checkpoint import atomic_write_json
+
+        atomic_write_json(out, record)
+        print(f"{result.summary()} on seeds {first}..{first + args.episodes - 1}: {out}")
+        return record
+
+    try:
+        run_command(work)
+    except SystemExit as exit_:
+        return int(exit_.code)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

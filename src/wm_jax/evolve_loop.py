@@ -23,7 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from wm_jax import checkpoint, controller
+from wm_jax import checkpoint, controller, training_loop
 
 
 def record_eval(state: Any, eval_returns: np.ndarray) -> tuple[Any, float]:
@@ -43,19 +43,15 @@ class _Logger:
         self.path = Path(log_path) if log_path is not None else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            kept = []
-            if self.path.exists():
-                for line in self.path.read_text().splitlines():
-                    if line.strip() and json.loads(line)["generation"] <= start:
-                        kept.append(line)
-            checkpoint.atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+            # read_jsonl drops a last line cut short by a kill.
+            rows = training_loop.read_jsonl(self.path, key="generation")
+            kept = [row for row in rows if row.get("generation", start + 1) <= start]
+            checkpoint.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.bar = tqdm(total=total, initial=start, disable=not progress, desc="CMA-ES", unit="gen")
 
     def log(self, rows: list[dict]) -> None:
         if self.path is not None:
-            with open(self.path, "a") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
+            training_loop.append_jsonl(self.path, rows)
         last = rows[-1]
         self.bar.update(len(rows))
         self.bar.set_postfix(

@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import shutil
 import sys
 import textwrap
 import time
@@ -24,7 +23,7 @@ from wm_jax import config as cfg
 from wm_jax import run_folder, runtime
 from wm_jax.checkpoint import CheckpointError, atomic_write_json
 from wm_jax.cli import run_command
-from wm_jax.presets import preset
+from wm_jax.presets import expected_wall_time, preset
 
 # Settings that may differ when a run is resumed (they do not change what is computed).
 _RESUMABLE_CHANGES = {("collect", "workers"), ("evaluate", "workers")}
@@ -86,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="rounds of the paper's iterative training (§5) after the first C (the same as "
+        "--set iterate.iterations=N; default: the preset's)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -94,6 +100,8 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     changes = []
     for section in set(old) | set(new):
         a, b = old.get(section), new.get(section)
+        if a is None and isinstance(b, dict):  # a section newer than the run: its defaults
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             for name in sorted(set(a) | set(b)):
                 if name not in a:  # a setting newer than the run: it takes its default
@@ -117,25 +125,6 @@ def prepare_run_dir(run_dir: Path, config: cfg.ExperimentConfig) -> None:
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, config.to_dict())
-
-
-def _stage_outputs(stage: str, paths) -> list[Path]:
-    from wm_jax.stages import RunPaths
-
-    assert isinstance(paths, RunPaths)
-    return {
-        "collect": [],  # rerunning collection resumes it: episodes are never thrown away
-        "train_vae": [paths.checkpoints("vae"), paths.metrics("train_vae")],
-        "encode": [paths.encoded],
-        "train_mdn_rnn": [paths.checkpoints("mdn_rnn"), paths.metrics("train_mdn_rnn")],
-        "train_controller": [
-            paths.checkpoints("controller"),
-            paths.checkpoints("controller_final"),
-            paths.metrics("train_controller"),
-        ],
-        "evaluate": [paths.evaluation_episodes],
-        "report": [paths.report],
-    }[stage]
 
 
 def environment_info() -> dict[str, Any]:
@@ -162,6 +151,20 @@ def environment_info() -> dict[str, Any]:
     }
 
 
+def build_config(
+    experiment: str, scale: str, seed: int, overrides: list[str]
+) -> cfg.ExperimentConfig:
+    """The preset with the `section.field=value` settings applied.
+
+    Where C trains decides the rest of a preset (CarRacing: the dream, or the paper's real
+    game), so `controller.train_in=...` picks the preset before the other settings apply.
+    """
+    key = "controller.train_in="
+    train_in = [item.partition("=")[2].strip() for item in overrides if item.startswith(key)]
+    base = preset(experiment, scale, seed, train_in=train_in[-1] if train_in else None)
+    return cfg.apply_overrides(base, overrides)
+
+
 def run(
     experiment: str,
     scale: str = "small",
@@ -176,46 +179,52 @@ def run(
     The run folder is locked for the whole run (`run_folder.RunLock`) and its console output
     goes to `DIR/run.log` too.
     """
-    config = cfg.apply_overrides(preset(experiment, scale, seed), overrides or [])
+    overrides = overrides or []
+    # Where C trains decides the rest of a preset (CarRacing: the dream, or the paper's real
+    # game), so `--set controller.train_in=...` picks the preset before the other settings.
+    train_in = [
+        o.partition("=")[2].strip() for o in overrides if o.startswith("controller.train_in=")
+    ]
+    base = preset(experiment, scale, seed, train_in=train_in[-1] if train_in else None)
+    config = cfg.apply_overrides(base, overrides)
     run_dir = Path(run_dir or Path("runs") / f"{experiment}-{scale}")
     with run_folder.held(run_dir):
+        print(
+            f"{experiment} at scale {scale} in {run_dir}: {expected_wall_time(experiment, scale)}",
+            flush=True,
+        )
         prepare_run_dir(run_dir, config)
-        return run_config(config, run_dir, stages, progress)
+        results = run_config(config, run_dir, stages, progress)
+        if config.iterate.iterations:
+            results = run_iterations(config, run_dir, progress)
+        return results
+
+
+def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) -> dict:
+    """World Models §5 on the finished run (`config.iterate`); the rows of each iteration's
+    dream and real scores go into results.json (`iterations`), the last one is `final`."""
+    from wm_jax import iterative
+
+    settings = config.iterate
+    rows = iterative.run(
+        run_dir,
+        settings.iterations,
+        settings.episodes or None,
+        settings.noise,
+        list(settings.overrides),
+        warm_start=not settings.fresh_controller,
+        progress=progress,
+    )
+    print(iterative.write_summary(run_dir / "iterations", rows), flush=True)
+    results = json.loads((run_dir / "results.json").read_text())
+    results["iterations"] = rows
+    results["final"] = {"iteration": rows[-1]["iteration"], **rows[-1]["real"]}
+    atomic_write_json(run_dir / "results.json", results)
+    return results
 
 
 # What each stage reads (besides the config): its record is stale when one of these changed.
 UPSTREAM = {stage: cfg.STAGES[:i] for i, stage in enumerate(cfg.STAGES)}
-
-
-def invalidate(run_dir: Path, stages: list[str] | tuple[str, ...]) -> None:
-    """Forget `stages` and delete their outputs (before anything runs, so an interrupted
-    `--stages X` never leaves the old records of the stages after X in place)."""
-    from wm_jax import stages as stage_lib
-
-    paths = stage_lib.RunPaths(run_dir)
-    for stage in stages:
-        run_folder.forget(run_dir, stage)
-        for output in _stage_outputs(stage, paths):
-            if output.is_dir() and not output.is_symlink():
-                shutil.rmtree(output)
-            elif output.exists() or output.is_symlink():
-                output.unlink()
-
-
-# Which stage writes each checkpoint folder (to say how to rebuild a missing or corrupt one).
-_CHECKPOINT_WRITERS = {
-    "controller_final": "train_controller",
-    "controller": "train_controller",
-    "mdn_rnn": "train_mdn_rnn",
-    "vae": "train_vae",
-}
-
-
-def _rebuild_hint(message: str) -> str:
-    for folder, writer in _CHECKPOINT_WRITERS.items():
-        if f"checkpoints/{folder}" in message:
-            return f"rebuild it with --stages {writer}"
-    return "rerun the stages before this one with --stages"
 
 
 def run_config(
@@ -232,7 +241,7 @@ def run_config(
     from wm_jax import report
     from wm_jax import stages as stage_lib
 
-    paths = stage_lib.RunPaths(run_dir)
+    paths = run_folder.RunPaths(run_dir)
     functions = {
         "collect": stage_lib.collect,
         "train_vae": stage_lib.train_vae,
@@ -243,7 +252,7 @@ def run_config(
         "report": report.make_report,
     }
     first = min((cfg.STAGES.index(stage) for stage in stages or []), default=len(cfg.STAGES))
-    invalidate(run_dir, cfg.STAGES[first:])
+    run_folder.invalidate(run_dir, cfg.STAGES[first:])
     for stage in cfg.STAGES:
         upstream = UPSTREAM[stage]
         inputs = run_folder.current_inputs(run_dir, upstream)
@@ -259,7 +268,7 @@ def run_config(
         ):
             # Built (or begun) from other versions of the stages before it: start afresh.
             print(f"[{stage}] stale (an earlier stage was rerun): starting it afresh", flush=True)
-            invalidate(run_dir, [stage])
+            run_folder.invalidate(run_dir, [stage])
         run_folder.mark_started(run_dir, stage, inputs)
         print(f"[{stage}] running", flush=True)
         # Time spent by earlier, interrupted attempts at this stage (a Ctrl-C, SIGTERM or an
@@ -272,7 +281,9 @@ def run_config(
         except BaseException as err:
             atomic_write_json(partial, {"seconds": earlier + time.perf_counter() - start})
             if isinstance(err, CheckpointError):
-                raise CheckpointError(f"[{stage}] {err}; {_rebuild_hint(str(err))}") from err
+                raise CheckpointError(
+                    f"[{stage}] {err}; {run_folder.rebuild_hint(str(err))}"
+                ) from err
             raise
         seconds = earlier + time.perf_counter() - start
         run_folder.write_record(run_dir, stage, summary, seconds, inputs)
@@ -309,6 +320,7 @@ def write_results(config: cfg.ExperimentConfig, run_dir: Path) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     runtime.tune_malloc()  # before XLA's first allocations
     args = parse_args(argv)
+    iterations = [] if args.iterations is None else [f"iterate.iterations={args.iterations}"]
     hint = "rerun the same command to resume"
     if args.stages:
         hint = "rerun without --stages to resume (the same --stages starts those stages over)"
@@ -319,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.scale,
                 args.run_dir,
                 args.stages,
-                args.overrides,
+                args.overrides + iterations,
                 args.seed,
                 progress=not args.no_progress,
             ),
@@ -327,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except SystemExit as exit_:
         return int(exit_.code)
-    evaluation = results.get("evaluation") or {}
+    evaluation = results.get("final") or results.get("evaluation") or {}
     if evaluation.get("mean") is not None:
         print(
             f"real-game score over {evaluation.get('episodes')} episodes: "

@@ -66,7 +66,8 @@ def load_parent(run_dir: Path) -> tuple[cfg.ExperimentConfig, int]:
             f"{run_dir} trains C in the real game (controller.train_in="
             f"{config.controller.train_in}); the iterative procedure retrains C in M's dream and "
             "needs controller.train_in=dream (doom_take_cover, minatar_breakout, or car_racing "
-            "with --set controller.train_in=dream --set mdn_rnn.predict_reward=true)"
+            "with --set controller.train_in=dream --set mdn_rnn.predict_reward=true "
+            "--set mdn_rnn.predict_done=true)"
         )
     for stage in PARENT_STAGES:
         if not (run_dir / "stages" / f"{stage}.json").is_file():

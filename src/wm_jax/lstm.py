@@ -2,7 +2,8 @@
 
 `wm_jax.mdn_rnn` builds the MDN-RNN on these. The state is zeroed where a restart flag is set,
 *before* the step (World Models code, doomrnn.py: the flag starts a new episode inside a
-training window).
+training window). A sequence starts from a given state and returns its final one, so training
+can carry the state from one window of an episode stream to the next (doomrnn's rnn_train.py).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ def update(state: LSTMState, gates: jax.Array) -> LSTMState:
     return LSTMState(c=c, h=jax.nn.sigmoid(out_gate) * jnp.tanh(c))
 
 
-def lstm_scan(x, restarts, kernel, bias):
-    """The LSTM over time-major inputs x (T, B, input) from a zero state: hidden states (T, B, H).
+def lstm_scan(x, restarts, kernel, bias, initial: LSTMState):
+    """The LSTM over time-major inputs x (T, B, input) from `initial` (B, H).
 
     The state is zeroed where `restarts` (T, B) is set, before the step.
+    Returns:
+        hidden states (T, B, H) and the final state (B, H).
     """
-    input_gates, recurrent_kernel, initial = _project(x, kernel, bias)
+    input_gates, recurrent_kernel = _project(x, kernel, bias)
 
     def body(state, xs):
         gates, restart = xs  # (B, 4H), (B,)
@@ -44,22 +47,20 @@ def lstm_scan(x, restarts, kernel, bias):
         state = update(state, gates + state.h @ recurrent_kernel)
         return state, state.h
 
-    _, hidden = jax.lax.scan(body, initial, (input_gates, restarts))
-    return hidden
+    final, hidden = jax.lax.scan(body, initial, (input_gates, restarts))
+    return hidden, final
 
 
 def _project(x, kernel, bias):
-    """Input gates (T, B, 4H), the recurrent kernel (H, 4H) and the zero state (B, H)."""
+    """Input gates (T, B, 4H) and the recurrent kernel (H, 4H)."""
     num_inputs = x.shape[-1]
     # The input projection has no recurrence: one large matmul for all steps, outside the scan.
     input_gates = x @ kernel[:num_inputs] + bias
-    recurrent_kernel = kernel[num_inputs:]
-    zeros = jnp.zeros((x.shape[1], recurrent_kernel.shape[0]), input_gates.dtype)
-    return input_gates, recurrent_kernel, LSTMState(c=zeros, h=zeros)
+    return input_gates, kernel[num_inputs:]
 
 
 @jax.custom_vjp
-def lstm_layer(x, restarts, kernel, bias):
+def lstm_layer(x, restarts, kernel, bias, initial: LSTMState):
     """`lstm_scan` with a hand-written backward pass (cuDNN-style), for training speed.
 
     Autodiff of the scan accumulates the kernel's gradient h(t-1)ᵀ · dgates(t) inside the
@@ -69,11 +70,11 @@ def lstm_layer(x, restarts, kernel, bias):
     On CPU the train step is ~10% faster (batch 100 × seq 100) and, at the paper's sizes, needs
     ~25% less temporary memory.
     """
-    return lstm_scan(x, restarts, kernel, bias)
+    return lstm_scan(x, restarts, kernel, bias, initial)
 
 
-def lstm_layer_fwd(x, restarts, kernel, bias):
-    input_gates, recurrent_kernel, initial = _project(x, kernel, bias)
+def lstm_layer_fwd(x, restarts, kernel, bias, initial):
+    input_gates, recurrent_kernel = _project(x, kernel, bias)
 
     def body(state, xs):
         gates, restart = xs  # (B, 4H), (B,)
@@ -88,12 +89,13 @@ def lstm_layer_fwd(x, restarts, kernel, bias):
         return LSTMState(c=c, h=h), (h, state.c, jnp.concatenate([i, f, g, o], axis=-1))
 
     # hidden h(t), c(t-1) after the reset (T, B, H); activations i, f, g, o (T, B, 4H).
-    _, (hidden, c_prev, activations) = jax.lax.scan(body, initial, (input_gates, restarts))
-    return hidden, (x, restarts, kernel, hidden, c_prev, activations)
+    final, (hidden, c_prev, activations) = jax.lax.scan(body, initial, (input_gates, restarts))
+    return (hidden, final), (x, restarts, kernel, initial.h, hidden, c_prev, activations)
 
 
-def lstm_layer_bwd(residuals, d_hidden):
-    x, restarts, kernel, hidden, c_prev, activations = residuals
+def lstm_layer_bwd(residuals, cotangents):
+    x, restarts, kernel, initial_h, hidden, c_prev, activations = residuals
+    d_hidden, d_final = cotangents  # (T, B, H); LSTMState (B, H) each
     num_inputs = x.shape[-1]
     keep = ~restarts[..., None]  # (T, B, 1)
     recurrent_kernel_t = kernel[num_inputs:].T  # (4H, H)
@@ -119,16 +121,20 @@ def lstm_layer_bwd(residuals, d_hidden):
         dc_prev = jnp.where(keep_t, dc * f, 0.0)
         return (dh_prev, dc_prev), d_gates
 
-    zeros = jnp.zeros_like(hidden[0])
     xs = (d_hidden, c_prev, activations, keep)
-    _, d_gates = jax.lax.scan(body, (zeros, zeros), xs, reverse=True)  # (T, B, 4H)
+    # The final state's cotangent enters the reverse loop as that of h(T-1), c(T-1) through
+    # "step T"; what leaves it is the initial state's (zero where step 0 restarts).
+    (d_initial_h, d_initial_c), d_gates = jax.lax.scan(
+        body, (d_final.h, d_final.c), xs, reverse=True
+    )  # d_gates (T, B, 4H)
     # h(t-1) after the reset, and with x(t) the rows the fused kernel multiplies: (T, B, input + H).
-    h_prev = jnp.where(keep, jnp.concatenate([jnp.zeros_like(hidden[:1]), hidden[:-1]]), 0.0)
+    h_prev = jnp.where(keep, jnp.concatenate([initial_h[None], hidden[:-1]]), 0.0)
     inputs = jnp.concatenate([x, h_prev], axis=-1)
     # Σ_t [x(t), h(t-1)]ᵀ dgates(t) as one (input + H, T·B) @ (T·B, 4H) matmul.
     d_kernel = inputs.reshape(-1, inputs.shape[-1]).T @ d_gates.reshape(-1, d_gates.shape[-1])
     d_x = d_gates @ kernel[:num_inputs].T  # (T, B, input); dropped by jit when x is data
-    return d_x, None, d_kernel, jnp.sum(d_gates, axis=(0, 1))
+    d_initial = LSTMState(c=d_initial_c, h=d_initial_h)
+    return d_x, None, d_kernel, jnp.sum(d_gates, axis=(0, 1)), d_initial
 
 
 lstm_layer.defvjp(lstm_layer_fwd, lstm_layer_bwd)

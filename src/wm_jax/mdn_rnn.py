@@ -27,9 +27,12 @@ from wm_jax.lstm import update as _lstm_update
 
 Params = Any
 
-# σ is bounded smoothly to [e^-7, e^2] ≈ [9e-4, 7.4]: latents are ~N(0, 1) and are resampled from
-# the VAE posterior every batch, so a narrower σ is never needed, and the bound keeps 1/σ and
-# exp(log σ) from overflowing (a known failure of MDN losses: they "go negative or explode").
+# Not in the paper (MDNRNNConfig.log_sigma_bound = "soft", the default): σ is bounded smoothly to
+# [e^-7, e^2] ≈ [9e-4, 7.4]. Latents are ~N(0, 1) and are resampled from the VAE posterior every
+# batch, so a narrower σ is never needed, and the bound keeps 1/σ and exp(log σ) from
+# overflowing (a known failure of MDN losses: they "go negative or explode"). The bound is not
+# the identity inside: raw log σ -3 comes out as -2.989, 0 as -0.126 (on trained weights the
+# loss moves by ~0.008 against the paper's formula); "none" is the authors' raw log σ.
 LOG_SIGMA_MIN = -7.0
 LOG_SIGMA_MAX = 2.0
 # τ → 0 means "most likely component, no noise"; the floor keeps log π / τ finite.
@@ -49,6 +52,9 @@ class MDNRNNConfig:
     predict_done: bool = False  # Doom: True, one extra logit
     predict_reward: bool = False  # needed to train CarRacing in the dream
     done_pos_weight: float = 10.0  # World Models code (doomrnn.py): BCE positives weighted ×10
+    # "soft" (not in the paper, see LOG_SIGMA_MIN) or "none" (the authors' raw log σ). The loss
+    # and the dream's sampler (`step`) both follow it, so M is dreamed with what it was trained on.
+    log_sigma_bound: str = "soft"
 
 
 CAR_RACING = MDNRNNConfig()
@@ -57,16 +63,33 @@ DOOM = MDNRNNConfig(64, 1, 512, use_restart=True, predict_done=True)
 
 @dataclasses.dataclass(frozen=True)
 class MDNTrainConfig:
-    """Optimisation of M (World Models code: Adam 1e-3, global-norm clip 1.0, batch 100)."""
+    """Optimisation of M (World Models code: Adam 1e-3, gradients clipped to [-1, 1], batch 100).
+
+    `windows` says how batches are cut (`wm_jax.data.sequence_batches`): "stream" (default)
+    is doomrnn's rnn_train.py, every batch row a stream of whole episodes whose LSTM state is
+    carried from one train step to the next (in `MDNTrainState.carry`), so every step of an
+    episode, the first included, is trained equally often and from the state the dream has
+    there; "random" is windows starting at random steps, each from a zero state.
+    """
 
     batch_size: int = 100
     seq_len: int = 999  # Doom: 500
     learning_rate: float = 1e-3
     grad_clip: float = 1.0
+    # World Models code: tf.clip_by_value(grad, -1, 1), per element ("value"); or "global_norm".
+    grad_clip_mode: str = "value"
     num_steps: int = 4000
+    # World Models code: lr = (learning_rate - min_learning_rate) · decay^step + min_learning_rate;
+    # decay 1.0 (CarRacing) is a constant rate, Doom's is 0.99999 down to 1e-5.
+    learning_rate_decay: float = 1.0
+    min_learning_rate: float = 1e-5
+    windows: str = "stream"  # or "random"
 
 
-DOOM_TRAIN = MDNTrainConfig(seq_len=500)
+DOOM_TRAIN = MDNTrainConfig(seq_len=500, learning_rate_decay=0.99999, min_learning_rate=1e-5)
+WINDOWS = ("stream", "random")
+GRAD_CLIP_MODES = ("value", "global_norm")
+LOG_SIGMA_BOUNDS = ("soft", "none")
 
 
 class MDNOutput(NamedTuple):
@@ -91,6 +114,9 @@ class MDNTrainState(flax.struct.PyTreeNode):
     params: Params
     opt_state: optax.OptState
     step: jax.Array
+    # windows="stream": each batch row's LSTM state (B, H) after the last window, the next
+    # window's initial state; None otherwise (and in checkpoints written before streams).
+    carry: LSTMState | None = None
 
 
 def _input_size(config: MDNRNNConfig) -> int:
@@ -155,6 +181,17 @@ def _bound_log_sigma(raw: jax.Array) -> jax.Array:
     return LOG_SIGMA_MAX - jax.nn.softplus(LOG_SIGMA_MAX - lower)
 
 
+def _log_sigma(config: MDNRNNConfig, raw: jax.Array) -> jax.Array:
+    """log σ from the head's raw output, as config.log_sigma_bound says."""
+    if config.log_sigma_bound == "soft":
+        return _bound_log_sigma(raw)
+    if config.log_sigma_bound == "none":
+        return raw
+    raise ValueError(
+        f"log_sigma_bound={config.log_sigma_bound!r}: choose one of {LOG_SIGMA_BOUNDS}"
+    )
+
+
 def _head_raw(config: MDNRNNConfig, params: Params, h: jax.Array):
     """Unnormalised head: logits, μ, raw log σ (..., Z, K); done logit, reward (...,)."""
     out = h @ params["head"]["kernel"] + params["head"]["bias"]
@@ -175,7 +212,7 @@ def _head(config: MDNRNNConfig, params: Params, h: jax.Array) -> MDNOutput:
     return MDNOutput(
         log_pi=jax.nn.log_softmax(logits, axis=-1),
         mu=mu,
-        log_sigma=_bound_log_sigma(raw_log_sigma),
+        log_sigma=_log_sigma(config, raw_log_sigma),
         done_logit=done_logit,
         reward=reward,
     )
@@ -256,7 +293,8 @@ def step(
     """
     state = _lstm_step(config, params, state, z, action, restart)
     logits, mu, raw_log_sigma, done_logit, reward = _head_raw(config, params, state.h)
-    z_next = _sample(key, logits, mu, raw_log_sigma, temperature, bound=_bound_log_sigma)
+    bound = functools.partial(_log_sigma, config)
+    z_next = _sample(key, logits, mu, raw_log_sigma, temperature, bound=bound)
     return state, z_next, done_logit, reward
 
 
@@ -266,21 +304,38 @@ def forward_sequence(
     z: jax.Array,
     actions: jax.Array,
     restarts: jax.Array | None = None,
+    initial_state: LSTMState | None = None,
 ) -> MDNOutput:
-    """Teacher-forced pass over (B, T, ...) inputs from a zero state, via `lax.scan` over time."""
+    """Teacher-forced pass over (B, T, ...) inputs from `initial_state` (B, H; None: zeros)."""
+    return forward_sequence_with_state(config, params, z, actions, restarts, initial_state)[0]
+
+
+def forward_sequence_with_state(
+    config: MDNRNNConfig,
+    params: Params,
+    z: jax.Array,
+    actions: jax.Array,
+    restarts: jax.Array | None = None,
+    initial_state: LSTMState | None = None,
+) -> tuple[MDNOutput, LSTMState]:
+    """`forward_sequence` and the LSTM state (B, H) after its last step, via `lax.scan`."""
     if jnp.ndim(z) != 3:
         raise ValueError(f"z: expected shape (B, T, {config.latent_dim}), got {jnp.shape(z)}")
     x = _inputs(config, z, actions, restarts)  # (B, T, input)
     if restarts is None:
         restarts = jnp.zeros(x.shape[:2], bool)
+    if initial_state is None:
+        zeros = jnp.zeros((x.shape[0], config.hidden_size), jnp.float32)
+        initial_state = LSTMState(c=zeros, h=zeros)
     # Time-major for the scan; x is the narrowest tensor to transpose, not the gates (4H).
-    hidden = lstm_layer(
+    hidden, final = lstm_layer(
         jnp.swapaxes(x, 0, 1),  # (T, B, input)
         jnp.swapaxes(jnp.asarray(restarts, bool), 0, 1),  # (T, B)
         params["lstm"]["kernel"],
         params["lstm"]["bias"],
+        jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), initial_state),
     )  # (T, B, H)
-    return _head(config, params, jnp.swapaxes(hidden, 0, 1))  # head on (B, T, H) at once
+    return _head(config, params, jnp.swapaxes(hidden, 0, 1)), final  # head on (B, T, H) at once
 
 
 def _mixture_log_prob(output: MDNOutput, z: jax.Array) -> jax.Array:
@@ -321,22 +376,43 @@ def _validate_batch(config: MDNRNNConfig, batch: SequenceBatch, batch_size=None,
 
 
 def loss_fn(
-    key: jax.Array, config: MDNRNNConfig, params: Params, batch: SequenceBatch
+    key: jax.Array,
+    config: MDNRNNConfig,
+    params: Params,
+    batch: SequenceBatch,
+    initial_state: LSTMState | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mixture NLL of z(t+1) (+ weighted done BCE, + reward MSE), averaged over valid steps.
 
     z is resampled from N(mu, exp(logvar)) with `key`; inputs z(0..T-1), targets z(1..T).
     The z NLL is averaged over `mask` × latent dims; the done and reward losses over steps that
     are real (`mask | dones`), since an episode's last action has a done but no next frame.
+    Args:
+        initial_state: the LSTM state (B, H) before step 0 (None: zeros); rows whose step 0 is
+            a restart start from zeros regardless.
     Returns:
         (loss, metrics) with metrics loss, z_nll and, for the heads that are on, done_loss and
         reward_loss.
     """
+    loss, (metrics, _) = loss_with_state(key, config, params, batch, initial_state)
+    return loss, metrics
+
+
+def loss_with_state(
+    key: jax.Array,
+    config: MDNRNNConfig,
+    params: Params,
+    batch: SequenceBatch,
+    initial_state: LSTMState | None = None,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], LSTMState]]:
+    """`loss_fn` as (loss, (metrics, the LSTM state (B, H) after step T-1)), for `grad`'s aux."""
     _validate_batch(config, batch)
     mu = jnp.asarray(batch.mu, jnp.float32)
     noise = jax.random.normal(key, mu.shape)
     z = mu + jnp.exp(0.5 * jnp.asarray(batch.logvar, jnp.float32)) * noise
-    output = forward_sequence(config, params, z[:, :-1], batch.actions, batch.restarts)
+    output, final_state = forward_sequence_with_state(
+        config, params, z[:, :-1], batch.actions, batch.restarts, initial_state
+    )
     mask = jnp.asarray(batch.mask, bool)
     log_prob = _mixture_log_prob(output, z[:, 1:])  # (B, T, Z)
     z_nll = -jnp.sum(jnp.where(mask[..., None], log_prob, 0.0)) / (
@@ -357,29 +433,72 @@ def loss_fn(
         loss, metrics["done_loss"] = loss + done_loss, done_loss
     if config.predict_reward:
         loss, metrics["reward_loss"] = loss + reward_loss, reward_loss
-    return loss, {"loss": loss, **metrics}
+    return loss, ({"loss": loss, **metrics}, final_state)
+
+
+def learning_rate_schedule(train_config: MDNTrainConfig) -> float | Callable[[jax.Array], Any]:
+    """World Models code: lr(step) = (lr - min_lr) · decay^step + min_lr; a float if decay is 1."""
+    if train_config.learning_rate_decay == 1.0:
+        return train_config.learning_rate  # constant: the optimiser state has no step count
+    initial, floor = train_config.learning_rate, train_config.min_learning_rate
+    # exp(step · log decay), log taken in float64: float32(0.99999)^1e6 would be ~3% off.
+    log_decay = math.log(train_config.learning_rate_decay)
+
+    def schedule(step: jax.Array) -> jax.Array:
+        return (initial - floor) * jnp.exp(jnp.asarray(step, jnp.float32) * log_decay) + floor
+
+    return schedule
+
+
+def make_optimizer(train_config: MDNTrainConfig) -> optax.GradientTransformation:
+    """Gradient clipping (per element by default, as the authors), then Adam."""
+    if train_config.grad_clip_mode == "value":  # World Models code: tf.clip_by_value
+        clip = optax.clip(train_config.grad_clip)
+    elif train_config.grad_clip_mode == "global_norm":
+        clip = optax.clip_by_global_norm(train_config.grad_clip)
+    else:
+        raise ValueError(
+            f"grad_clip_mode={train_config.grad_clip_mode!r}: choose one of {GRAD_CLIP_MODES}"
+        )
+    return optax.chain(clip, optax.adam(learning_rate_schedule(train_config)))
 
 
 @functools.cache  # configs are frozen and hashable: equal configs share one compiled step
 def make_train(config: MDNRNNConfig, train_config: MDNTrainConfig):
-    """Returns jitted (init_state(key) -> MDNTrainState, train_step(key, state, batch))."""
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(train_config.grad_clip), optax.adam(train_config.learning_rate)
-    )
+    """Returns jitted (init_state(key) -> MDNTrainState, train_step(key, state, batch)).
+
+    With train_config.windows == "stream" the state carries each batch row's LSTM state from
+    one step's window to the next (doomrnn's rnn_train.py feeds `final_state` back as
+    `initial_state`); gradients stop at the window boundary, as there.
+    """
+    if train_config.windows not in WINDOWS:
+        raise ValueError(f"windows={train_config.windows!r}: choose one of {WINDOWS}")
+    optimizer = make_optimizer(train_config)
+    stream = train_config.windows == "stream"
 
     def init_state(key: jax.Array) -> MDNTrainState:
         params = init_params(key, config)
-        return MDNTrainState(params=params, opt_state=optimizer.init(params), step=jnp.array(0))
+        carry = initial_state(config, (train_config.batch_size,)) if stream else None
+        return MDNTrainState(
+            params=params, opt_state=optimizer.init(params), step=jnp.array(0), carry=carry
+        )
 
     def train_step(key: jax.Array, state: MDNTrainState, batch: SequenceBatch):
         # Shapes are static: a mismatch is caught once, at trace time, without a host sync.
         _validate_batch(config, batch, train_config.batch_size, train_config.seq_len)
-        grad_fn = jax.value_and_grad(loss_fn, argnums=2, has_aux=True)
-        (_, metrics), grads = grad_fn(key, config, state.params, batch)
+        grad_fn = jax.value_and_grad(loss_with_state, argnums=2, has_aux=True)
+        (_, (metrics, final_state)), grads = grad_fn(
+            key, config, state.params, batch, state.carry if stream else None
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        return state.replace(
+            params=params,
+            opt_state=opt_state,
+            step=state.step + 1,
+            carry=final_state if stream else None,
+        ), metrics
 
     return jax.jit(init_state), jax.jit(train_step)
 

@@ -23,13 +23,21 @@ import numpy as np
 from wm_jax import dream_rollout
 
 # Fixed actions worth probing, as controller outputs in [-1, 1] (see each game's wrapper).
+# CarRacing: steer = x0, gas = (x1 + 1) / 2, brake = clip(x2, 0, 1). In the game none of these
+# follows the road for long, and standing still (idle, brake) pays -0.1 a frame.
 FIXED_ACTIONS: dict[str, dict[str, tuple[float, ...]]] = {
     "doom_take_cover": {"left": (-1.0,), "stay": (0.0,), "right": (1.0,)},  # thirds
     "minatar_breakout": {"left": (-1.0,), "noop": (0.0,), "right": (1.0,)},
-    "car_racing": {"idle": (0.0, -1.0, 0.0), "straight, full gas": (0.0, 1.0, 0.0)},
+    "car_racing": {
+        "idle": (0.0, -1.0, 0.0),
+        "straight, full gas": (0.0, 1.0, 0.0),
+        "left, half gas": (-1.0, 0.0, 0.0),
+        "right, half gas": (1.0, 0.0, 0.0),
+        "brake": (0.0, -1.0, 1.0),
+    },
 }
-# Real episodes per action in the report: CarRacing plays 1,000 frames at ~150 frames/s.
-REPORT_EPISODES = {"car_racing": 5}
+# Real episodes per action in the report: CarRacing plays up to 1,000 frames at ~350 frames/s.
+REPORT_EPISODES = {"car_racing": 3}
 SEED_OFFSET = 20_000_000  # real-game seeds of the probe, apart from training and evaluation
 
 
@@ -39,30 +47,50 @@ def _constant(action: jax.Array, obs: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 5))
-def _dream_returns(key, env, env_params, action, episodes: int, max_steps: int):
+def _dream_rollouts(key, env, env_params, action, episodes: int, max_steps: int):
     keys = jax.random.split(key, episodes)
     run = jax.vmap(
         lambda k: dream_rollout.rollout(
             k, env, env_params, _constant, action, max_steps, chunk_size=100
         )
     )
-    return run(keys).episode_return  # (episodes,)
+    return run(keys)  # RolloutResult of (episodes,) each
+
+
+def dream_episodes(
+    key: jax.Array, env, env_params, action, episodes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths (episodes,) of dream episodes that play `action` (A,) every step."""
+    max_steps = int(env_params.max_steps_in_episode)
+    action = jnp.asarray(action, jnp.float32)
+    result = _dream_rollouts(key, env, env_params, action, episodes, max_steps)
+    return np.asarray(result.episode_return), np.asarray(result.length)
 
 
 def dream_returns(key: jax.Array, env, env_params, action, episodes: int) -> np.ndarray:
     """Returns (episodes,) of dream episodes that play `action` (A,) every step."""
-    max_steps = int(env_params.max_steps_in_episode)
-    action = jnp.asarray(action, jnp.float32)
-    return np.asarray(_dream_returns(key, env, env_params, action, episodes, max_steps))
+    return dream_episodes(key, env, env_params, action, episodes)[0]
 
 
-def real_returns(game: str, action, episodes: int, max_steps: int | None = None) -> np.ndarray:
-    """Returns (episodes,) of real episodes that play `action` (A,) every frame."""
+def real_episodes(
+    game: str, action, episodes: int, max_steps: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths (episodes,) of real episodes that play `action` (A,) every frame."""
     from wm_jax.evaluate import play_in_process
 
     action = np.asarray(action, np.float32)
     seeds = SEED_OFFSET + np.arange(episodes)
-    return play_in_process(game, lambda seed: lambda frame: action, seeds, max_steps).returns
+    result = play_in_process(game, lambda seed: lambda frame: action, seeds, max_steps)
+    return np.asarray(result.returns), np.asarray(result.lengths)
+
+
+def real_returns(game: str, action, episodes: int, max_steps: int | None = None) -> np.ndarray:
+    """Returns (episodes,) of real episodes that play `action` (A,) every frame."""
+    return real_episodes(game, action, episodes, max_steps)[0]
+
+
+def _lengths(lengths: np.ndarray) -> dict[str, float]:
+    return {"mean": float(lengths.mean()), "min": int(lengths.min()), "max": int(lengths.max())}
 
 
 def probe(config, paths, episodes: int = 20, max_steps: int | None = None) -> list[dict[str, Any]]:
@@ -71,41 +99,65 @@ def probe(config, paths, episodes: int = 20, max_steps: int | None = None) -> li
     Args:
       config, paths: a run whose M predicts done or reward (its dream has something to pay).
       episodes: episodes per action in each world.
-      max_steps: the episode cap in both worlds (default: the run's dream cap and the game's).
+      max_steps: the episode cap in both worlds (default: the run's dream cap, which C was
+        trained under; the game plays to the same cap, so both pay for the same steps).
+
+    Returns:
+      rows with the action's name and output, mean and std return in each world ("dream",
+      "real"), and episode lengths ("dream_length", "real_length": mean, min, max; a dream
+      whose M predicts done ends episodes before the cap where the game would).
     """
     from wm_jax import stages
 
     env, env_params = stages.make_dream(config, paths)
-    if max_steps is not None:
-        env_params = env_params.replace(max_steps_in_episode=jnp.asarray(max_steps, jnp.int32))
+    if max_steps is None:
+        max_steps = int(env_params.max_steps_in_episode)
+    env_params = env_params.replace(max_steps_in_episode=jnp.asarray(max_steps, jnp.int32))
     key = jax.random.fold_in(jax.random.key(config.seed), SEED_OFFSET)
     rows = []
     for i, (name, action) in enumerate(FIXED_ACTIONS[config.game].items()):
-        in_dream = dream_returns(jax.random.fold_in(key, i), env, env_params, action, episodes)
-        real = real_returns(config.game, action, episodes, max_steps)
+        in_dream, dream_lengths = dream_episodes(
+            jax.random.fold_in(key, i), env, env_params, action, episodes
+        )
+        real, real_lengths = real_episodes(config.game, action, episodes, max_steps)
         rows.append(
             {
                 "action": name,
                 "output": list(action),
                 "dream": {"mean": float(in_dream.mean()), "std": float(in_dream.std())},
                 "real": {"mean": float(real.mean()), "std": float(real.std())},
+                "dream_length": _lengths(dream_lengths),
+                "real_length": _lengths(real_lengths),
                 "episodes": episodes,
+                "max_steps": max_steps,
             }
         )
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The probe as a table; a dream return far above the game's marks a likely exploit."""
-    lines = [
-        "| fixed action | C output | return in dream | return in real game | dream / real |",
-        "|---|---|---|---|---|",
-    ]
+    """The probe as a table; a dream return far above the game's marks a likely exploit.
+
+    The ratio column holds the ratio where the game's return is positive (Doom's frames
+    survived), else the difference (CarRacing's fixed actions mostly lose points in the game).
+    Rows from `probe` add the mean episode lengths: where the dream's M predicts done, a dream
+    that never ends an episode the game ends shows there.
+    """
+    lengths = all("dream_length" in row for row in rows)
+    header = "| fixed action | C output | return in dream | return in real game | dream / real "
+    header += "(dream − real where real ≤ 0) |"
+    lines = [header + (" mean length dream / real |" if lengths else ""), "|---" * 5 + "|"]
+    lines[-1] += "---|" if lengths else ""
     for row in rows:
         dream_mean, real_mean = row["dream"]["mean"], row["real"]["mean"]
-        ratio = f"{dream_mean / real_mean:.1f}×" if real_mean > 0 else "—"
-        lines.append(
+        ratio = (
+            f"{dream_mean / real_mean:.1f}×" if real_mean > 0 else f"{dream_mean - real_mean:+.0f}"
+        )
+        line = (
             f"| {row['action']} | {row['output']} | {dream_mean:.0f} ± {row['dream']['std']:.0f} "
             f"| {real_mean:.0f} ± {row['real']['std']:.0f} | {ratio} |"
         )
+        if lengths:
+            line += f" {row['dream_length']['mean']:.0f} / {row['real_length']['mean']:.0f} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"

@@ -40,6 +40,7 @@ PAPER_DOOM = {  # τ: (score in dream, score in real game)
 }
 _WHERE = {"real": "real game", "dream": "dream"}
 GIF_FRAMES = 300  # real frames shown; every second one is drawn (15 fps of a 30 fps game)
+GIF_FPS = 15
 
 
 def _save(fig, path) -> None:
@@ -137,6 +138,20 @@ def dream_from_real(key, config: ExperimentConfig, mdn_params, mu, logvar, actio
     return jnp.concatenate([z0[None], zs])
 
 
+def write_gif(path, frames: np.ndarray, fps: float) -> None:
+    """An endlessly looping GIF of `frames` (T, H, W, 3) uint8 that plays at `fps`.
+
+    GIF delays are whole centiseconds, so 15 fps (6.67 cs a frame) alternates 7, 7, 6: each
+    frame is shown within 10 ms of its time and the clip lasts exactly T / fps.
+    """
+    if not 0 < fps <= 50:  # players slow delays under 2 cs down to 10 cs
+        raise ValueError(f"a GIF plays at most 50 fps, got fps={fps}")
+    ends_cs = np.round(np.arange(1, len(frames) + 1) * 100 / fps).astype(int)
+    delays_ms = 10 * np.diff(ends_cs, prepend=0)
+    # imageio 2.x's pillow writer takes `duration` in milliseconds: duration=1/15 gave 0 delay.
+    imageio.mimsave(path, list(frames), duration=delays_ms.tolist(), loop=0)
+
+
 def episode_gif(config, paths, vae_params, mdn_params, path) -> bool:
     """Real | V(real) | M's dream from the same start, side by side, as an animated GIF."""
     from wm_jax.data import EncodedEpisode  # noqa: F401  (documents what the store holds)
@@ -162,7 +177,7 @@ def episode_gif(config, paths, vae_params, mdn_params, path) -> bool:
     gap = np.full((n, 64, 4, 3), 255, np.uint8)
     panels = np.concatenate([real.frames[:n], gap, to_uint8(recon), gap, to_uint8(dreamt)], axis=2)
     panels = panels[::2].repeat(2, axis=1).repeat(2, axis=2)  # 128 px tall: easier to see
-    imageio.mimsave(path, list(panels), duration=1 / 15, loop=0)
+    write_gif(path, panels, GIF_FPS)
     return True
 
 
@@ -205,6 +220,20 @@ def results_table(config: ExperimentConfig, evaluation: dict) -> str:
     return f"| experiment | score (ours) |\n|---|---|\n| {config.experiment} | {ours} |\n"
 
 
+def data_lines(summary: dict[str, Any]) -> list[str]:
+    """What V trained on: the episodes collected, used and skipped as corrupt."""
+    collected, vae_summary = summary.get("collect") or {}, summary.get("train_vae") or {}
+    if "frames" not in vae_summary:
+        return []
+    skipped = vae_summary.get("skipped_episodes") or []
+    text = (
+        f"V trained on {vae_summary['frames']:,} frames of {vae_summary.get('episodes', '?')} "
+        f"episodes ({collected.get('episodes', '?')} collected"
+    )
+    text += f"; {len(skipped)} corrupt, skipped: {', '.join(skipped)})." if skipped else ")."
+    return ["## Data", "", text, ""]
+
+
 def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[str, Any]:
     """Draw every figure into `DIR/report/` and write `DIR/report/report.md`."""
     del progress
@@ -219,7 +248,7 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
     vae_params = stages.load_vae(config, paths)
     mdn_params = stages.load_mdn_rnn(config, paths)
     store = EpisodeStore(paths.episodes)
-    first = store.read(store.indices()[0]).frames
+    first = next(episode for _, episode in store.episodes()).frames  # the first readable
     sample = first[np.linspace(0, len(first) - 1, 8).astype(int)]
 
     figures: dict[str, str] = {}
@@ -271,6 +300,7 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
                 f"{baseline['std']:.1f} over the first {baseline['episodes']} of the same seeds.",
                 "",
             ]
+    lines += data_lines(summary)
     sections = [
         ("evaluation", "Returns in the real game"),
         ("reconstructions", "V: originals (top) and reconstructions (bottom)"),

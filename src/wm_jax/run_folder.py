@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import traceback
@@ -28,7 +29,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from wm_jax.checkpoint import atomic_write_json
 
@@ -129,6 +130,84 @@ def forget(run_dir: Path, stage: str) -> None:
     """Remove every record of `stage` (complete, started, partial wall time)."""
     for kind in ("", "started", "partial"):
         record_path(run_dir, stage, kind).unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------------------------------------
+# the folders of a run
+
+
+class RunPaths(NamedTuple):
+    root: Path
+
+    @property
+    def episodes(self) -> Path:
+        return self.root / "data" / "episodes"
+
+    @property
+    def encoded(self) -> Path:
+        return self.root / "data" / "encoded"
+
+    def checkpoints(self, stage: str) -> Path:
+        return self.root / "checkpoints" / stage
+
+    def metrics(self, stage: str) -> Path:
+        return self.root / "metrics" / f"{stage}.jsonl"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def evaluation_episodes(self) -> Path:
+        """Every real evaluation episode, appended as it finishes (evaluation resumes)."""
+        return self.root / "evaluation" / "episodes.jsonl"
+
+
+def stage_outputs(stage: str, paths: RunPaths) -> list[Path]:
+    """What `stage` writes besides its records (deleted when it reruns from scratch)."""
+    return {
+        "collect": [],  # rerunning collection resumes it: episodes are never thrown away
+        "train_vae": [paths.checkpoints("vae"), paths.metrics("train_vae")],
+        "encode": [paths.encoded],
+        "train_mdn_rnn": [paths.checkpoints("mdn_rnn"), paths.metrics("train_mdn_rnn")],
+        "train_controller": [
+            paths.checkpoints("controller"),
+            paths.checkpoints("controller_final"),
+            paths.metrics("train_controller"),
+        ],
+        "evaluate": [paths.evaluation_episodes],
+        "report": [paths.report],
+    }[stage]
+
+
+def invalidate(run_dir: Path, stages: Sequence[str]) -> None:
+    """Forget `stages` and delete their outputs (before anything runs, so an interrupted
+    `--stages X` never leaves the old records of the stages after X in place)."""
+    paths = RunPaths(run_dir)
+    for stage in stages:
+        forget(run_dir, stage)
+        for output in stage_outputs(stage, paths):
+            if output.is_dir() and not output.is_symlink():
+                shutil.rmtree(output)
+            elif output.exists() or output.is_symlink():
+                output.unlink()
+
+
+# Which stage writes each checkpoint folder (to say how to rebuild a missing or corrupt one).
+_CHECKPOINT_WRITERS = {
+    "controller_final": "train_controller",
+    "controller": "train_controller",
+    "mdn_rnn": "train_mdn_rnn",
+    "vae": "train_vae",
+}
+
+
+def rebuild_hint(message: str) -> str:
+    """How to rebuild the checkpoint a `CheckpointError` message names."""
+    for folder, writer in _CHECKPOINT_WRITERS.items():
+        if f"checkpoints/{folder}" in message:
+            return f"rebuild it with --stages {writer}"
+    return "rerun the stages before this one with --stages"
 
 
 # -------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import zlib
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -20,35 +19,10 @@ import numpy as np
 from wm_jax import checkpoint, controller, dream, evolve, evolve_real, mdn_rnn, training_loop, vae
 from wm_jax.config import ExperimentConfig
 from wm_jax.data import EpisodeStore, encode_store, frame_batches, load_encoded, sequence_batches
+from wm_jax.data.store import NoEpisodesError, require_done_records
 from wm_jax.envs import game_spec
 from wm_jax.envs.collect import collect as collect_episodes
-
-
-class RunPaths(NamedTuple):
-    root: Path
-
-    @property
-    def episodes(self) -> Path:
-        return self.root / "data" / "episodes"
-
-    @property
-    def encoded(self) -> Path:
-        return self.root / "data" / "encoded"
-
-    def checkpoints(self, stage: str) -> Path:
-        return self.root / "checkpoints" / stage
-
-    def metrics(self, stage: str) -> Path:
-        return self.root / "metrics" / f"{stage}.jsonl"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def evaluation_episodes(self) -> Path:
-        """Every real evaluation episode, appended as it finishes (evaluation resumes)."""
-        return self.root / "evaluation" / "episodes.jsonl"
+from wm_jax.run_folder import RunPaths
 
 
 def _workers(requested: int) -> int:
@@ -87,8 +61,9 @@ def collect(config: ExperimentConfig, paths: RunPaths, progress: bool = True) ->
 # V
 
 
-def vae_num_steps(config: ExperimentConfig, store: EpisodeStore) -> int:
-    steps_per_epoch = max(1, store.total_frames // config.vae_train.batch_size)
+def vae_num_steps(config: ExperimentConfig, frames: int) -> int:
+    """V's steps: `vae_train.num_epochs` passes over `frames` readable frames."""
+    steps_per_epoch = max(1, frames // config.vae_train.batch_size)
     return config.vae_train.num_epochs * steps_per_epoch
 
 
@@ -99,11 +74,19 @@ def train_vae(config: ExperimentConfig, paths: RunPaths, progress: bool = True) 
     budget = config.data.memory_budget_mb * 2**20
 
     def batches(start: int):
-        # Resuming reseeds the stream at the step reached: same distribution, no replay cost.
-        seed = jax.random.fold_in(_stage_key(config, "vae_data"), start)
-        return frame_batches(seed, store, config.vae_train.batch_size, budget, num_epochs=None)
+        # One stream from one seed; a resumed run fast-forwards to the batch it reached.
+        seed = _stage_key(config, "vae_data")
+        batch = config.vae_train.batch_size
+        return frame_batches(seed, store, batch, budget, num_epochs=None, start_batch=start)
 
-    num_steps = vae_num_steps(config, store)
+    usable = store.readable_summary()  # corrupt files are skipped: count what V really sees
+    if usable["frames"] < config.vae_train.batch_size:
+        raise NoEpisodesError(
+            f"{paths.episodes}: {usable['episodes']} of {len(store)} episode files are readable "
+            f"({len(usable['corrupt'])} corrupt), {usable['frames']} frames, fewer than one "
+            f"batch of {config.vae_train.batch_size}; recollect with --stages collect"
+        )
+    num_steps = vae_num_steps(config, usable["frames"])
     state, last = training_loop.run(
         "V",
         _stage_key(config, "train_vae"),
@@ -117,7 +100,13 @@ def train_vae(config: ExperimentConfig, paths: RunPaths, progress: bool = True) 
         checkpoint_every=max(1, min(500, num_steps // 4)),
         progress=progress,
     )
-    return {"steps": int(state.step), "final_loss": last, "frames": store.total_frames}
+    return {
+        "steps": int(state.step),
+        "final_loss": last,
+        "frames": usable["frames"],
+        "episodes": usable["episodes"],
+        "skipped_episodes": usable["corrupt"],
+    }
 
 
 def load_vae(config: ExperimentConfig, paths: RunPaths) -> Any:
@@ -148,13 +137,22 @@ def train_mdn_rnn(
     config: ExperimentConfig, paths: RunPaths, progress: bool = True
 ) -> dict[str, Any]:
     """M with teacher forcing over random windows of the encoded episodes, resumable."""
+    if config.mdn_rnn.predict_done:  # old CarRacing stores ran past the game's end
+        require_done_records(EpisodeStore(paths.episodes), config.game)
     encoded = EpisodeStore(paths.encoded)
     init_state, train_step = mdn_rnn.make_train(config.mdn_rnn, config.mdn_train)
     train = config.mdn_train
 
     def batches(start: int):
-        seed = jax.random.fold_in(_stage_key(config, "mdn_data"), start)
-        return sequence_batches(seed, encoded, train.batch_size, train.seq_len)
+        # Batch k is a function of (seed, k): a resumed run sees the batches it would have.
+        return sequence_batches(
+            _stage_key(config, "mdn_data"),
+            encoded,
+            train.batch_size,
+            train.seq_len,
+            windows=train.windows,
+            start_batch=start,
+        )
 
     state, last = training_loop.run(
         "M",
@@ -176,7 +174,14 @@ def load_mdn_rnn(config: ExperimentConfig, paths: RunPaths) -> Any:
     """M's parameters from the run's checkpoint."""
     init_state, _ = mdn_rnn.make_train(config.mdn_rnn, config.mdn_train)
     target = init_state(jax.random.key(0))
-    return checkpoint.restore(paths.checkpoints("mdn_rnn"), target=target).params
+    try:
+        return checkpoint.restore(paths.checkpoints("mdn_rnn"), target=target).params
+    except checkpoint.CheckpointError:
+        if target.carry is None:
+            raise
+        # Checkpoints of M trained on random windows (before streams) carry no LSTM state.
+        target = target.replace(carry=None)
+        return checkpoint.restore(paths.checkpoints("mdn_rnn"), target=target).params
 
 
 # -------------------------------------------------------------------------------------------

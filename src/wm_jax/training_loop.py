@@ -90,10 +90,11 @@ def run(
     """
     key_init, key_steps = jax.random.split(key)
     state = init_state(key_init)
-    start = checkpoint.latest_step(checkpoint_dir)
-    if start is not None:
-        state = checkpoint.restore(checkpoint_dir, target=state)
-    start = start or 0
+    start = 0
+    if checkpoint.latest_step(checkpoint_dir) is not None:
+        # The newest step that verifies: a corrupt newer one is skipped with a warning, and the
+        # stream and keys resume from the step actually restored.
+        state, start = checkpoint.restore_latest(checkpoint_dir, target=state)
     pending: list[dict[str, jax.Array]] = []
     last: dict[str, float] = {}
 

@@ -53,6 +53,10 @@ class CorruptEpisodeError(Exception):
         super().__init__(f"corrupt episode file {self.path}: {reason}")
 
 
+class NoEpisodesError(ValueError):
+    """Too little of a store is readable to train on; the message names the folder and counts."""
+
+
 def episode_path(root: str | os.PathLike, index: int) -> Path:
     return Path(root) / f"episode_{index:06d}.npz"
 
@@ -305,7 +309,15 @@ class EpisodeStore:
             KeyError: the store has no episode `index`.
             CorruptEpisodeError: the file is missing, truncated, altered or inconsistent.
         """
-        record = self._episodes[index]
+        data = self._verified_bytes(index)
+        episode = _decode(self.path(index), data)
+        if len(episode.actions) != self._episodes[index]["frames"]:
+            raise CorruptEpisodeError(self.path(index), "length differs from the manifest")
+        return episode
+
+    def _verified_bytes(self, index: int) -> bytes:
+        """The file of episode `index`, checked against its manifest sha256."""
+        record = self._episodes[index]  # KeyError for an episode the store does not hold
         path = self.path(index)
         try:
             data = path.read_bytes()
@@ -313,10 +325,34 @@ class EpisodeStore:
             raise CorruptEpisodeError(path, f"cannot be opened ({error})") from None
         if hashlib.sha256(data).hexdigest() != record["sha256"]:
             raise CorruptEpisodeError(path, "sha256 differs from the manifest")
-        episode = _decode(path, data)
-        if len(episode.actions) != record["frames"]:
-            raise CorruptEpisodeError(path, "length differs from the manifest")
-        return episode
+        return data
+
+    def readable(self, index: int) -> bool:
+        """Whether `read(index)` would succeed, from the file's sha256 alone (no decoding).
+
+        The manifest's sha256 was taken of a file that decoded and checked, so a match means the
+        same. A corrupt file gives False and a warning (raises if `strict`), as `read_or_skip`.
+        """
+        try:
+            self._verified_bytes(index)
+        except CorruptEpisodeError as error:
+            self._corrupt(index, error)
+            return False
+        return True
+
+    def readable_summary(self) -> dict[str, Any]:
+        """Checks every file once (`readable`): what a loader will use and what it will skip.
+
+        Returns:
+            {"episodes": readable episodes, "frames": their frames, "corrupt": [file names]}.
+        """
+        corrupt = [index for index in self.indices() if not self.readable(index)]
+        good = sorted(set(self.indices()) - set(corrupt))
+        return {
+            "episodes": len(good),
+            "frames": sum(self.num_frames(index) for index in good),
+            "corrupt": [self.path(index).name for index in corrupt],
+        }
 
     def _corrupt(self, index: int, error: Exception) -> None:
         if self.strict:
@@ -347,3 +383,35 @@ class EpisodeStore:
     def verify(self) -> list[int]:
         """Reads every episode; returns the indices of corrupt ones (warning or raising)."""
         return [index for index in self.indices() if self.read_or_skip(index) is None]
+
+
+# Format marker in meta.json (written by `wm_jax.envs.collect`): True when `dones` hold the
+# game's real episode ends. Stores collected before it: CarRacing ran every episode to its frame
+# cap ignoring the game's done (World Models code's `full_episode`), the other games recorded it.
+RECORDS_DONE = "records_done"
+_UNMARKED_RECORDS_DONE = {"doom_take_cover": True, "minatar_breakout": True}
+
+
+def records_done(meta: dict[str, Any]) -> bool:
+    """Whether a store's meta.json says its dones are the game's episode ends (see above)."""
+    if RECORDS_DONE in meta:
+        return bool(meta[RECORDS_DONE])
+    return _UNMARKED_RECORDS_DONE.get(meta.get("game"), False)
+
+
+def require_done_records(store: EpisodeStore, game: str) -> None:
+    """Raises ValueError unless `store` (or, if encoded, the store it was encoded from) records
+    where episodes end, as an M that predicts done needs; reads meta.json files only."""
+    folder, meta = store.root, store.read_meta()
+    if RECORDS_DONE not in meta and "source" in meta:  # an encoded store: ask its source
+        folder = Path(meta["source"])
+        try:
+            meta = json.loads((folder / META).read_text())
+        except FileNotFoundError:
+            meta = {}
+    if not records_done({"game": game} | meta):
+        what = "collected without" if meta else "not marked (no meta.json) as recording"
+        raise NoEpisodesError(
+            f"{folder} holds {game} episodes {what} the game's done (dones all False), so M "
+            "cannot learn where episodes end: move it away and recollect with --stages collect"
+        )

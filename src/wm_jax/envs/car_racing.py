@@ -30,11 +30,17 @@ def game_action(action: np.ndarray) -> np.ndarray:
 class CarRacingEnv:
     """CarRacing with 64x64 frames and controller-space actions.
 
+    The game's own ends (gymnasium CarRacing-v3, which `FastCarRacing` inherits unchanged):
+    leaving the playfield gives reward -100 (instead of that step's -0.1 + tiles) and
+    terminated; every tile visited, or the start tile reached after `lap_complete_percent` of
+    them, gives terminated. A step cap is a truncation, not an end.
+
     Args:
         renderer: "fast" (default: `FastCarRacing`, pixel-identical to gymnasium's and about
             3x faster) or "stock" (gymnasium's own CarRacing).
-        full_episode: ignore the game's own termination (lap done, left the playfield) and run
-            to `max_steps`, as the World Models code does when it collects rollouts.
+        full_episode: ignore the game's own termination and run to `max_steps`, as the World
+            Models code did when it collected rollouts (off the playfield, every later step then
+            pays -100). Our collection does not (see `wm_jax.envs.collect.DEFAULTS`).
         max_steps: episode cap (truncated=True at this step).
         **game_kwargs: passed to the CarRacing constructor (e.g. domain_randomize).
     """

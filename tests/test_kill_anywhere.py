@@ -1,0 +1,124 @@
+"""A smoke pipeline interrupted at many moments (mid-stage, mid-checkpoint-write, mid-
+evaluation, and one real SIGKILL), resumed after each, ends with the same numbers as a run
+never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from wm_jax import checkpoint, evaluate, experiment, run_folder
+
+pytestmark = pytest.mark.slow
+EXPERIMENT = "minatar_breakout"
+
+
+def _numbers(run_dir):
+    """What a run computed (no wall times, no paths)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    stages = results["stages"]
+    return {
+        "collect": {k: stages["collect"][k] for k in ("episodes", "frames")},
+        "vae": results["vae_final_loss"],
+        "mdn_rnn": results["mdn_rnn_final_loss"],
+        "controller": {k: v for k, v in results["controller"].items() if k != "seconds"},
+        "returns": results["evaluation"]["returns"],
+        "dream": results["evaluation"].get("dream"),
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    experiment.run(EXPERIMENT, "smoke", run_dir, progress=False)
+    return _numbers(run_dir)
+
+
+class _Interrupt:
+    """Raises KeyboardInterrupt at the `at`-th call of `fn` that `match`es (after the call
+    when `after`), once."""
+
+    def __init__(self, fn, at, match=lambda *a, **k: True, after=True):
+        self.fn, self.at, self.match, self.after, self.count = fn, at, match, after, 0
+
+    def __call__(self, *args, **kwargs):
+        hit = self.match(*args, **kwargs)
+        if hit:
+            self.count += 1
+        if hit and self.count == self.at and not self.after:
+            raise KeyboardInterrupt
+        result = self.fn(*args, **kwargs)
+        if hit and self.count == self.at and self.after:
+            raise KeyboardInterrupt
+        return result
+
+
+def _in(folder):
+    return lambda directory, *a, **k: os.sep + folder in str(directory)
+
+
+def test_interrupted_anywhere_and_resumed_gives_the_same_numbers(
+    tmp_path, monkeypatch, uninterrupted
+):
+    run_dir = tmp_path / "run"
+    save, write_json = checkpoint.save, checkpoint.atomic_write_json
+    moments = [
+        # V: just after its second checkpoint (the steps after it are lost and redone).
+        ("save", _Interrupt(save, 2, _in("vae"))),
+        # M: inside its first checkpoint write, before meta.json marks it complete.
+        ("write", _Interrupt(write_json, 1, lambda p, *a: "mdn_rnn" in str(p), after=False)),
+        # M again: after its second checkpoint.
+        ("save", _Interrupt(save, 2, _in("mdn_rnn"))),
+        # C: after the first generation's ES checkpoint.
+        ("save", _Interrupt(save, 1, _in("controller"))),
+        # Evaluation: after the first real episode is recorded.
+        ("episode", _Interrupt(evaluate.append_jsonl, 1)),
+    ]
+    for where, trap in moments:
+        with monkeypatch.context() as patch:
+            if where == "save":
+                patch.setattr(checkpoint, "save", trap)
+            elif where == "write":
+                patch.setattr(checkpoint, "atomic_write_json", trap)
+            else:
+                patch.setattr(evaluate, "append_jsonl", trap)
+            with pytest.raises(KeyboardInterrupt):
+                experiment.run(EXPERIMENT, "smoke", run_dir, progress=False)
+        assert trap.count >= trap.at, where  # the moment was reached
+    experiment.run(EXPERIMENT, "smoke", run_dir, progress=False)
+    assert _numbers(run_dir) == uninterrupted
+    for stage in experiment.cfg.STAGES:
+        assert run_folder.is_current(run_dir, stage, experiment.UPSTREAM[stage])
+        assert not run_folder.record_path(run_dir, stage, "started").exists()
+
+
+def test_sigkill_during_m_then_resume_gives_the_same_numbers(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from wm_jax import experiment
+        sys.exit(experiment.main(["{EXPERIMENT}", "--scale", "smoke", "--run-dir",
+                                  "{run_dir}", "--no-progress"]))
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    for line in child.stdout:
+        if "[train_mdn_rnn] running" in line:
+            break
+    deadline = time.time() + 120  # kill once M has written a checkpoint, mid-stage
+    m_dir = run_dir / "checkpoints" / "mdn_rnn"
+    while checkpoint.latest_step(m_dir) is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert not run_folder.record_path(run_dir, "train_mdn_rnn").exists()
+    experiment.run(EXPERIMENT, "smoke", run_dir, progress=False)
+    assert _numbers(run_dir) == uninterrupted
