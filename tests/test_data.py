@@ -235,13 +235,13 @@ def test_frame_batches_raise_instead_of_looping_over_corrupt_files(tmp_path):
         r"episodes: 0 of 4 episode files are readable \(4 corrupt\); recollect with --stages "
         "collect"
     )
-    for start_batch in (0, 3):
+    for resume in ({}, {"start_batch": 3}):
         with (
             pytest.warns(UserWarning, match="skipping corrupt"),
             pytest.raises(NoEpisodesError, match=message),
         ):
             store = EpisodeStore(tmp_path / "episodes")
-            _next_within(frame_batches(0, store, 2, 100 * FRAME_BYTES, None, start_batch))
+            _next_within(frame_batches(0, store, 2, 100 * FRAME_BYTES, None, **resume))
     assert issubclass(NoEpisodesError, ValueError)
 
 

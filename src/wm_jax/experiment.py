@@ -26,7 +26,11 @@ from wm_jax.cli import run_command
 from wm_jax.presets import expected_wall_time, preset
 
 # Settings that may differ when a run is resumed (they do not change what is computed).
-_RESUMABLE_CHANGES = {("collect", "workers"), ("evaluate", "workers")}
+_RESUMABLE_CHANGES = {
+    ("collect", "workers"),
+    ("evaluate", "workers"),
+    ("iterate", "iterations"),  # more §5 rounds continue the run after its last one
+}
 PACKAGES = (
     "wm_jax",
     "jax",

@@ -132,6 +132,10 @@ def _small(config: ExperimentConfig) -> ExperimentConfig:
         vae_train = replace(vae_train, learning_rate=1e-3)
         m_steps = 2000
     iterate = config.iterate
+    if game == "car_racing" and not real:
+        # `--iterations N`: each §5 round collects 100 episodes with C (+ noise), continues M
+        # for 1,000 steps on all the data and re-evolves C from the previous one.
+        iterate = IterateConfig(episodes=100, noise=0.2, overrides=("mdn_train.num_steps=1000",))
     if game == "doom_take_cover":
         # The first C holds left, a dream exploit; one §5 round on mirrored episodes removes it
         # (792 ± 419 over 100 real episodes; experiments/README.md).
