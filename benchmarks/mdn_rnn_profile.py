@@ -14,11 +14,11 @@ import time
 import jax
 import numpy as np
 
-from wm_jax import mdn_rnn
+from wm_jax import mdn_rnn, mdn_rnn_train
 
 GAMES = {
-    "car_racing": (mdn_rnn.CAR_RACING, mdn_rnn.MDNTrainConfig()),
-    "doom": (mdn_rnn.DOOM, mdn_rnn.DOOM_TRAIN),
+    "car_racing": (mdn_rnn.CAR_RACING, mdn_rnn_train.MDNTrainConfig()),
+    "doom": (mdn_rnn.DOOM, mdn_rnn_train.DOOM_TRAIN),
 }
 
 
@@ -26,7 +26,7 @@ def random_batch(seed: int, config: mdn_rnn.MDNRNNConfig, batch_size: int, seq_l
     rng = np.random.default_rng(seed)
     flags = (batch_size, seq_len)
     latents = (batch_size, seq_len + 1, config.latent_dim)
-    batch = mdn_rnn.SequenceBatch(
+    batch = mdn_rnn_train.SequenceBatch(
         mu=rng.normal(size=latents).astype(np.float32),
         logvar=np.full(latents, -3.0, np.float32),
         actions=rng.uniform(-1, 1, (*flags, config.action_dim)).astype(np.float32),
@@ -40,7 +40,7 @@ def random_batch(seed: int, config: mdn_rnn.MDNRNNConfig, batch_size: int, seq_l
 
 def measure(config, train_config, repeats: int) -> dict:
     key = jax.random.key(0)
-    init_state, train_step = mdn_rnn.make_train(config, train_config)
+    init_state, train_step = mdn_rnn_train.make_train(config, train_config)
     state = init_state(key)
     batch = random_batch(0, config, train_config.batch_size, train_config.seq_len)
     start = time.perf_counter()
@@ -55,7 +55,7 @@ def measure(config, train_config, repeats: int) -> dict:
         state, metrics = train_step(jax.random.fold_in(key, 2 + i), state, batch)
         jax.block_until_ready(metrics)
         seconds.append(time.perf_counter() - start)
-    mdn_rnn.check_finite(metrics, int(state.step) - 1)
+    mdn_rnn_train.check_finite(metrics, int(state.step) - 1)
     step_s = float(np.median(seconds))
     timesteps = train_config.batch_size * train_config.seq_len
     return {

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import numpy_reference, peak, report
-from wm_jax import controller, dream, dream_rollout, evolve, mdn_rnn, runtime, vae
+from wm_jax import controller, dream, dream_rollout, evolve, mdn_rnn, mdn_rnn_train, runtime, vae
 
 SECTIONS = ("dream", "cma", "vae", "mdn", "collect", "car_racing")
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -578,7 +578,7 @@ def bench_vae(settings: Settings, tch: Torch | None) -> dict[str, Any]:
 
 def _sequence_batch(
     config: mdn_rnn.MDNRNNConfig, batch: int, seq_len: int
-) -> mdn_rnn.SequenceBatch:
+) -> mdn_rnn_train.SequenceBatch:
     rng = np.random.default_rng(0)
     restarts = np.zeros((batch, seq_len), bool)
     if config.use_restart:  # a few episode boundaries inside each sequence, as in Doom data
@@ -586,7 +586,7 @@ def _sequence_batch(
         restarts[rng.random((batch, seq_len)) < 1 / 200] = True
     dones = np.zeros_like(restarts)
     dones[:, :-1] = restarts[:, 1:]
-    return mdn_rnn.SequenceBatch(
+    return mdn_rnn_train.SequenceBatch(
         mu=rng.standard_normal((batch, seq_len + 1, config.latent_dim), dtype=np.float32),
         logvar=np.full((batch, seq_len + 1, config.latent_dim), -2.0, np.float32),
         actions=rng.uniform(-1, 1, (batch, seq_len, config.action_dim)).astype(np.float32),
@@ -602,8 +602,8 @@ def bench_mdn(settings: Settings, tch: Torch | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, config in MDN_GAMES.items():
         batch, seq_len = settings.mdn_batch, settings.mdn_seq_len[name]
-        train_config = mdn_rnn.MDNTrainConfig(batch_size=batch, seq_len=seq_len)
-        init_state, train_step = mdn_rnn.make_train(config, train_config)
+        train_config = mdn_rnn_train.MDNTrainConfig(batch_size=batch, seq_len=seq_len)
+        init_state, train_step = mdn_rnn_train.make_train(config, train_config)
         data = _sequence_batch(config, batch, seq_len)
         data_jax = jax.tree.map(jnp.asarray, data)
         holder = {"state": init_state(jax.random.key(0))}

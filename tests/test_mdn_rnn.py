@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from wm_jax import mdn_rnn
+from wm_jax import mdn_rnn, mdn_rnn_train
 
 SMALL = mdn_rnn.MDNRNNConfig(
     latent_dim=4,
@@ -35,7 +35,7 @@ def _fresh_params(config, seed=0):
     return jax.tree.map(jnp.array, _params(config, seed))  # a copy a test may edit
 
 
-def _random_batch(seed, config, batch_size=3, seq_len=7) -> mdn_rnn.SequenceBatch:
+def _random_batch(seed, config, batch_size=3, seq_len=7) -> mdn_rnn_train.SequenceBatch:
     # numpy, not jax.random: nothing to compile for a few dozen numbers.
     rng = np.random.default_rng(seed)
     flags = (batch_size, seq_len)
@@ -43,7 +43,7 @@ def _random_batch(seed, config, batch_size=3, seq_len=7) -> mdn_rnn.SequenceBatc
     restarts[:, 0] = True
     mask = np.ones(flags, bool)
     mask[:, -1] = False
-    return mdn_rnn.SequenceBatch(
+    return mdn_rnn_train.SequenceBatch(
         mu=rng.normal(size=(batch_size, seq_len + 1, config.latent_dim)).astype(np.float32),
         logvar=rng.uniform(-4, 0, (batch_size, seq_len + 1, config.latent_dim)).astype(np.float32),
         actions=rng.uniform(-1, 1, (*flags, config.action_dim)).astype(np.float32),
@@ -58,15 +58,15 @@ def _random_batch(seed, config, batch_size=3, seq_len=7) -> mdn_rnn.SequenceBatc
 _forward_step = jax.jit(mdn_rnn.forward_step, static_argnums=0)
 _step = jax.jit(mdn_rnn.step, static_argnums=1)
 _forward_sequence = jax.jit(mdn_rnn.forward_sequence, static_argnums=0)
-_loss_fn = jax.jit(mdn_rnn.loss_fn, static_argnums=1)
+_loss_fn = jax.jit(mdn_rnn_train.loss_fn, static_argnums=1)
 
 
-SMALL_TRAIN = mdn_rnn.MDNTrainConfig(batch_size=2, seq_len=4, num_steps=6)
+SMALL_TRAIN = mdn_rnn_train.MDNTrainConfig(batch_size=2, seq_len=4, num_steps=6)
 
 
 @functools.cache
 def _small_train():
-    return mdn_rnn.make_train(SMALL, SMALL_TRAIN)  # compiled once, shared by the tests below
+    return mdn_rnn_train.make_train(SMALL, SMALL_TRAIN)  # compiled once, shared by the tests below
 
 
 def _num_params(params) -> int:
@@ -87,8 +87,8 @@ def test_parameter_counts_match_the_paper(config, expected, num_inputs):
 def test_presets():
     assert mdn_rnn.DOOM.latent_dim == 64 and mdn_rnn.DOOM.hidden_size == 512
     assert mdn_rnn.DOOM.use_restart and mdn_rnn.DOOM.predict_done
-    assert mdn_rnn.DOOM_TRAIN.seq_len == 500 and mdn_rnn.MDNTrainConfig().seq_len == 999
-    train = mdn_rnn.MDNTrainConfig()
+    assert mdn_rnn_train.DOOM_TRAIN.seq_len == 500 and mdn_rnn_train.MDNTrainConfig().seq_len == 999
+    train = mdn_rnn_train.MDNTrainConfig()
     assert (train.batch_size, train.learning_rate, train.grad_clip, train.num_steps) == (
         100,
         1e-3,
@@ -102,7 +102,7 @@ def test_presets():
         "stream",
         1.0,
     )
-    doom = mdn_rnn.DOOM_TRAIN
+    doom = mdn_rnn_train.DOOM_TRAIN
     assert (doom.learning_rate_decay, doom.min_learning_rate, doom.windows) == (
         0.99999,
         1e-5,
@@ -221,7 +221,7 @@ def test_lstm_custom_vjp_gradients_equal_autodiff(monkeypatch, use_restart, rest
 
     def loss_and_grads():  # a new function each time, so jit traces it afresh (no cache hit)
         def objective(params, initial):
-            loss, (metrics, final) = mdn_rnn.loss_with_state(
+            loss, (metrics, final) = mdn_rnn_train.loss_with_state(
                 jax.random.key(5), config, params, batch, initial
             )
             # The final state is the next window's initial state: its gradient path counts.
@@ -317,11 +317,11 @@ def test_jit_equals_no_jit():
 def test_no_retrace_across_train_steps_and_temperatures(monkeypatch):
     chex.clear_trace_counter()
     monkeypatch.setattr(
-        mdn_rnn, "loss_with_state", chex.assert_max_traces(mdn_rnn.loss_with_state, n=1)
+        mdn_rnn_train, "loss_with_state", chex.assert_max_traces(mdn_rnn_train.loss_with_state, n=1)
     )
     # A train config of its own, so make_train's cache cannot hand back an already-traced step.
     train_config = dataclasses.replace(SMALL_TRAIN, learning_rate=2e-3)
-    _, train_step = mdn_rnn.make_train(SMALL, train_config)
+    _, train_step = mdn_rnn_train.make_train(SMALL, train_config)
     state = _small_train()[0](jax.random.key(0))
     for i in range(3):
         batch = _random_batch(10 + i, SMALL, batch_size=2, seq_len=4)
@@ -404,7 +404,7 @@ def _toy_batch(rng, batch_size, seq_len):
     flags = np.zeros((batch_size, seq_len), bool)
     restarts = flags.copy()
     restarts[:, 0] = True  # fresh sequences: nothing carried over from the last batch
-    return mdn_rnn.SequenceBatch(
+    return mdn_rnn_train.SequenceBatch(
         mu=mu.astype(np.float32),
         logvar=np.full(mu.shape, -12.0, np.float32),
         actions=actions.astype(np.float32),
@@ -416,15 +416,15 @@ def _toy_batch(rng, batch_size, seq_len):
 
 
 def test_learns_a_deterministic_map():
-    train_config = mdn_rnn.MDNTrainConfig(batch_size=32, seq_len=12, learning_rate=1e-2)
-    init_state, train_step = mdn_rnn.make_train(TOY, train_config)
+    train_config = mdn_rnn_train.MDNTrainConfig(batch_size=32, seq_len=12, learning_rate=1e-2)
+    init_state, train_step = mdn_rnn_train.make_train(TOY, train_config)
     state = init_state(jax.random.key(0))
     rng, key = np.random.default_rng(0), jax.random.key(1)
     losses = []
     for i in range(300):
         state, metrics = train_step(jax.random.fold_in(key, i), state, _toy_batch(rng, 32, 12))
         losses.append(metrics["z_nll"])  # on a fresh batch, before the update
-    mdn_rnn.check_finite(metrics, 300)
+    mdn_rnn_train.check_finite(metrics, 300)
     untrained, trained = float(losses[0]), float(np.mean(losses[-20:]))
     # A unit Gaussian scores ≈ 1.1 nats here; σ ≈ 0.05 scores -1.5 (it reaches ≈ -2.3).
     assert untrained > 0.8
@@ -466,7 +466,7 @@ def test_training_stays_finite_with_extreme_inputs():
         mu=batch.mu * 1e5, logvar=jnp.full(batch.logvar.shape, -40.0), rewards=batch.rewards * 1e6
     )
     new_state, metrics = train_step(jax.random.key(2), state.replace(params=params), batch)
-    mdn_rnn.check_finite(metrics, 0)  # loss, z_nll, done_loss, reward_loss, grad_norm
+    mdn_rnn_train.check_finite(metrics, 0)  # loss, z_nll, done_loss, reward_loss, grad_norm
     assert float(metrics["z_nll"]) > 1e3 and float(metrics["grad_norm"]) > 1.0
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(new_state.params))
     restarts = jnp.zeros(2, bool)
@@ -477,14 +477,14 @@ def test_training_stays_finite_with_extreme_inputs():
     assert float(output.log_sigma.max()) <= mdn_rnn.LOG_SIGMA_MAX
 
 
-@pytest.mark.parametrize("field", mdn_rnn.SequenceBatch._fields)
+@pytest.mark.parametrize("field", mdn_rnn_train.SequenceBatch._fields)
 def test_bad_batch_shape_names_the_field(field):
     params = _params(SMALL)
     batch = _random_batch(1, SMALL, batch_size=2, seq_len=4)
     value = getattr(batch, field)
     bad = batch._replace(**{field: value[:, :-1] if field != "actions" else value[..., :1]})
     with pytest.raises(ValueError, match=rf"SequenceBatch\.{field}: expected shape"):
-        mdn_rnn.loss_fn(jax.random.key(2), SMALL, params, bad)
+        mdn_rnn_train.loss_fn(jax.random.key(2), SMALL, params, bad)
 
 
 def test_train_step_rejects_a_batch_of_the_wrong_length():
@@ -513,7 +513,7 @@ def test_train_raises_naming_the_step_when_the_loss_goes_nan():
     bad = good._replace(mu=np.full_like(good.mu, np.nan))
     seen = []
     with pytest.raises(FloatingPointError, match="diverged at step 3: loss"):
-        mdn_rnn.train(
+        mdn_rnn_train.train(
             jax.random.key(0),
             SMALL,
             train_config,
@@ -561,7 +561,7 @@ def test_train_step_carries_each_rows_state_to_the_next_window():
     carried = state.replace(carry=_random_lstm_state(3, 2, 16))
     key = jax.random.key(4)
     new_state, metrics = train_step(key, carried, batch)
-    loss, (_, final) = jax.jit(mdn_rnn.loss_with_state, static_argnums=1)(
+    loss, (_, final) = jax.jit(mdn_rnn_train.loss_with_state, static_argnums=1)(
         key, SMALL, carried.params, batch, carried.carry
     )
     chex.assert_trees_all_close(new_state.carry, final, atol=1e-6)  # the next window's start
@@ -570,7 +570,7 @@ def test_train_step_carries_each_rows_state_to_the_next_window():
     assert abs(float(from_zeros["loss"] - metrics["loss"])) > 1e-4  # the carry is used
 
     # Random windows: nothing carried, every window from zeros.
-    init_random, step_random = mdn_rnn.make_train(
+    init_random, step_random = mdn_rnn_train.make_train(
         SMALL, dataclasses.replace(SMALL_TRAIN, windows="random")
     )
     random_state = init_random(jax.random.key(0))
@@ -583,8 +583,8 @@ def test_train_step_carries_each_rows_state_to_the_next_window():
 @pytest.mark.parametrize("mode", ["value", "global_norm"])
 def test_gradients_are_clipped_per_element_as_the_authors(mode):
     # World Models code: tf.clip_by_value(grad, -1, 1); the default since it is the authors'.
-    train_config = mdn_rnn.MDNTrainConfig(grad_clip_mode=mode)
-    optimizer = mdn_rnn.make_optimizer(train_config)
+    train_config = mdn_rnn_train.MDNTrainConfig(grad_clip_mode=mode)
+    optimizer = mdn_rnn_train.make_optimizer(train_config)
     params = {"b": jnp.zeros(2), "w": jnp.zeros(3)}
     grads = {"b": jnp.array([-0.5, 0.1]), "w": jnp.array([5.0, 0.3, -0.2])}
     _, opt_state = optimizer.update(grads, optimizer.init(params), params)
@@ -601,16 +601,16 @@ def test_gradients_are_clipped_per_element_as_the_authors(mode):
 
 def test_doom_learning_rate_decays_as_the_authors():
     # doomrnn/rnn_train.py: lr = (lr_init - min_lr) · decay^step + min_lr.
-    schedule = mdn_rnn.learning_rate_schedule(mdn_rnn.DOOM_TRAIN)
+    schedule = mdn_rnn_train.learning_rate_schedule(mdn_rnn_train.DOOM_TRAIN)
     steps = np.array([0, 1, 1_000, 100_000, 1_000_000])
     want = (1e-3 - 1e-5) * 0.99999**steps + 1e-5
     np.testing.assert_allclose(jax.jit(schedule)(steps), want, rtol=1e-5)
     np.testing.assert_allclose(want[[0, 3, 4]], [1e-3, 3.742e-4, 1.0045e-5], rtol=1e-3)
-    assert mdn_rnn.learning_rate_schedule(mdn_rnn.MDNTrainConfig()) == 1e-3  # CarRacing
+    assert mdn_rnn_train.learning_rate_schedule(mdn_rnn_train.MDNTrainConfig()) == 1e-3  # CarRacing
 
     # The optimiser follows it: Adam's step on a constant gradient is lr(t) (m̂ / √v̂ = 1).
-    fast = dataclasses.replace(mdn_rnn.DOOM_TRAIN, learning_rate_decay=0.5)
-    optimizer = mdn_rnn.make_optimizer(fast)
+    fast = dataclasses.replace(mdn_rnn_train.DOOM_TRAIN, learning_rate_decay=0.5)
+    optimizer = mdn_rnn_train.make_optimizer(fast)
     params = jnp.zeros(1)
     opt_state = optimizer.init(params)
     for step in range(4):
@@ -655,9 +655,9 @@ def test_log_sigma_bound_is_switchable(bound):
 
 def test_bad_training_choices_raise_naming_the_field():
     with pytest.raises(ValueError, match="windows='sliding'"):
-        mdn_rnn.make_train(SMALL, dataclasses.replace(SMALL_TRAIN, windows="sliding"))
+        mdn_rnn_train.make_train(SMALL, dataclasses.replace(SMALL_TRAIN, windows="sliding"))
     with pytest.raises(ValueError, match="grad_clip_mode='norm'"):
-        mdn_rnn.make_optimizer(dataclasses.replace(SMALL_TRAIN, grad_clip_mode="norm"))
+        mdn_rnn_train.make_optimizer(dataclasses.replace(SMALL_TRAIN, grad_clip_mode="norm"))
     config = dataclasses.replace(SMALL, log_sigma_bound="hard")
     with pytest.raises(ValueError, match="log_sigma_bound='hard'"):
         mdn_rnn.forward_step(

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from wm_jax import mdn_rnn, training_loop
+from wm_jax import mdn_rnn, mdn_rnn_train, training_loop
 from wm_jax.data import EncodedEpisode, EpisodeStore, sequence_batches
 
 
@@ -132,9 +132,9 @@ def test_resumed_training_equals_uninterrupted_training_carry_included(tmp_path)
         latent_dim=2, action_dim=2, hidden_size=8, num_mixtures=2, use_restart=True,
         predict_done=True,
     )  # fmt: skip
-    train_config = mdn_rnn.MDNTrainConfig(batch_size=3, seq_len=16, num_steps=6)
+    train_config = mdn_rnn_train.MDNTrainConfig(batch_size=3, seq_len=16, num_steps=6)
     assert train_config.windows == "stream"
-    init_state, train_step = mdn_rnn.make_train(config, train_config)
+    init_state, train_step = mdn_rnn_train.make_train(config, train_config)
 
     def batches(start):
         return sequence_batches(1, store, 3, 16, windows="stream", start_batch=start)

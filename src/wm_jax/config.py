@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any
 
-from wm_jax import evolve, mdn_rnn, vae
+from wm_jax import evolve, mdn_rnn, mdn_rnn_train, vae
 
 EXPERIMENTS = ("car_racing", "doom_take_cover", "minatar_breakout")
 SCALES = ("smoke", "small", "paper")
@@ -102,7 +102,7 @@ class ExperimentConfig:
     vae: vae.VAEConfig
     vae_train: vae.VAETrainConfig
     mdn_rnn: mdn_rnn.MDNRNNConfig
-    mdn_train: mdn_rnn.MDNTrainConfig
+    mdn_train: mdn_rnn_train.MDNTrainConfig
     controller: ControllerStageConfig
     evolve: evolve.EvolveConfig
     evaluate: EvaluateConfig

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from wm_jax import evolve, mdn_rnn, vae
+from wm_jax import evolve, mdn_rnn, mdn_rnn_train, vae
 from wm_jax.config import (
     EXPERIMENTS,
     SCALES,
@@ -39,7 +39,7 @@ def _paper(experiment: str, seed: int) -> ExperimentConfig:
             vae=vae.DOOM,
             vae_train=vae.VAETrainConfig(),
             mdn_rnn=mdn_rnn.DOOM,
-            mdn_train=mdn_rnn.DOOM_TRAIN,
+            mdn_train=mdn_rnn_train.DOOM_TRAIN,
             # World Models §4.4/Table: C trained only in the dream at τ = 1.15.
             controller=ControllerStageConfig(train_in="dream", temperature=1.15, generations=1800),
             evolve=evolve.PAPER,
@@ -57,7 +57,7 @@ def _paper(experiment: str, seed: int) -> ExperimentConfig:
             vae=vae.CAR_RACING,
             vae_train=vae.VAETrainConfig(),
             mdn_rnn=dataclasses.replace(mdn_rnn.CAR_RACING, predict_reward=True, predict_done=True),
-            mdn_train=mdn_rnn.MDNTrainConfig(),
+            mdn_train=mdn_rnn_train.MDNTrainConfig(),
             controller=ControllerStageConfig(train_in="dream", temperature=1.0, generations=1800),
             evolve=dataclasses.replace(evolve.PAPER, max_steps=1000, generations_per_call=5),
             evaluate=EvaluateConfig(),
@@ -79,7 +79,7 @@ def _paper(experiment: str, seed: int) -> ExperimentConfig:
             predict_done=True,
             predict_reward=True,
         ),
-        mdn_train=mdn_rnn.MDNTrainConfig(seq_len=200, num_steps=4000),
+        mdn_train=mdn_rnn_train.MDNTrainConfig(seq_len=200, num_steps=4000),
         controller=ControllerStageConfig(train_in="dream", temperature=1.0, generations=500),
         evolve=dataclasses.replace(evolve.PAPER, max_steps=500),
         evaluate=EvaluateConfig(),

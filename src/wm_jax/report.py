@@ -173,12 +173,17 @@ def episode_gif(config, paths, vae_params, mdn_params, path) -> bool:
         config.controller.temperature,
     )
     dreamt = vae.decode(vae_params, z)
-    to_uint8 = lambda x: np.asarray(jnp.round(jnp.clip(x, 0, 1) * 255)).astype(np.uint8)  # noqa: E731
-    gap = np.full((n, 64, 4, 3), 255, np.uint8)
-    panels = np.concatenate([real.frames[:n], gap, to_uint8(recon), gap, to_uint8(dreamt)], axis=2)
-    panels = panels[::2].repeat(2, axis=1).repeat(2, axis=2)  # 128 px tall: easier to see
-    write_gif(path, panels, GIF_FPS)
+    write_gif(path, side_by_side(real.frames[:n], recon, dreamt), GIF_FPS)
     return True
+
+
+def side_by_side(real: np.ndarray, *decoded: Any) -> np.ndarray:
+    """Real frames (T, 64, 64, 3) uint8 | each decoded video (T, 64, 64, 3) in [0, 1], every
+    second frame at twice the size: the frames of a GIF at `GIF_FPS`."""
+    to_uint8 = lambda x: np.asarray(jnp.round(jnp.clip(x, 0, 1) * 255)).astype(np.uint8)  # noqa: E731
+    gap = np.full((len(real), 64, 4, 3), 255, np.uint8)
+    panels = np.concatenate([real, *(p for video in decoded for p in (gap, to_uint8(video)))], 2)
+    return panels[::2].repeat(2, axis=1).repeat(2, axis=2)  # 128 px tall: easier to see
 
 
 def evaluation_histogram(returns: list[float], random_returns, path) -> bool:

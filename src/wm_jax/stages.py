@@ -16,7 +16,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import checkpoint, controller, dream, evolve, evolve_real, mdn_rnn, training_loop, vae
+from wm_jax import (
+    checkpoint,
+    controller,
+    dream,
+    evolve,
+    evolve_real,
+    mdn_rnn_train,
+    training_loop,
+    vae,
+)
 from wm_jax.config import ExperimentConfig
 from wm_jax.data import EpisodeStore, encode_store, frame_batches, load_encoded, sequence_batches
 from wm_jax.data.store import NoEpisodesError, require_done_records
@@ -140,7 +149,7 @@ def train_mdn_rnn(
     if config.mdn_rnn.predict_done:  # old CarRacing stores ran past the game's end
         require_done_records(EpisodeStore(paths.episodes), config.game)
     encoded = EpisodeStore(paths.encoded)
-    init_state, train_step = mdn_rnn.make_train(config.mdn_rnn, config.mdn_train)
+    init_state, train_step = mdn_rnn_train.make_train(config.mdn_rnn, config.mdn_train)
     train = config.mdn_train
 
     def batches(start: int):
@@ -172,7 +181,7 @@ def train_mdn_rnn(
 
 def load_mdn_rnn(config: ExperimentConfig, paths: RunPaths) -> Any:
     """M's parameters from the run's checkpoint."""
-    init_state, _ = mdn_rnn.make_train(config.mdn_rnn, config.mdn_train)
+    init_state, _ = mdn_rnn_train.make_train(config.mdn_rnn, config.mdn_train)
     target = init_state(jax.random.key(0))
     try:
         return checkpoint.restore(paths.checkpoints("mdn_rnn"), target=target).params

@@ -216,9 +216,9 @@ def sequence_batches(
     windows: str = "random",
     start_batch: int = 0,
 ) -> Iterator[Any]:
-    """Windows of `seq_len` steps (seq_len + 1 latents) for M, as `mdn_rnn.SequenceBatch`es.
+    """Windows of `seq_len` steps (seq_len + 1 latents) for M, as `mdn_rnn_train.SequenceBatch`es.
 
-    windows="stream" (what `mdn_rnn.MDNTrainConfig.windows` selects by default) is how the
+    windows="stream" (what `mdn_rnn_train.MDNTrainConfig.windows` selects by default) is how the
     authors fed Doom's M (doomrnn/rnn_train.py): batch row b is an endless stream of whole
     episodes, one epoch of every episode after another, each epoch in a random order of its
     own; restart is True at each episode's first step, and batch k holds stream steps
@@ -254,7 +254,7 @@ def sequence_batches(
             f"need batch_size ≥ 1, seq_len ≥ 1, start_batch ≥ 0; got {batch_size}, {seq_len}, "
             f"{start_batch}"
         )
-    from wm_jax.mdn_rnn import SequenceBatch
+    from wm_jax.mdn_rnn_train import SequenceBatch
 
     words = _seed_words(seed)
     episodes = load_encoded(encoded_store)
