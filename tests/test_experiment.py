@@ -182,4 +182,4 @@ def test_an_agent_is_re_measured_on_publication_seeds(doom_run, capsys):
     assert record["episodes"] == 2 and len(record["returns"]) == 2
     assert "over 2 episodes" in capsys.readouterr().out
     assert evaluate.main([str(doom_run / "nothing")]) == 2
-    assert "not a run folder" in capsys.readouterr().err
+    assert "no agent here" in capsys.readouterr().err

@@ -199,7 +199,6 @@ def play_in_process(
 def main(argv: list[str] | None = None) -> int:
     """`python -m wm_jax.evaluate RUN_DIR`: re-measure a run's agent on any real seeds."""
     import argparse
-    import json
     import time
 
     from wm_jax import runtime
@@ -211,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Play a trained agent (V, M, C of a run folder) in the real game on given "
         "seeds, in parallel, and write a JSON record.",
     )
-    parser.add_argument("agent", type=Path, help="a run folder whose train_controller finished")
+    parser.add_argument(
+        "agent", type=Path, help="a shipped agent folder (agents/GAME) or a finished run folder"
+    )
     parser.add_argument("--episodes", type=int, default=NUM_EPISODES)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--seeds", choices=tuple(SEED_SETS), default="publication")
@@ -223,26 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     first = SEED_SETS[args.seeds] if args.first_seed is None else args.first_seed
 
     def work() -> dict[str, Any]:
+        from wm_jax import agents, stages
         from wm_jax import config as cfg
-        from wm_jax import run_folder, stages
 
         if args.episodes < 1:
             raise cfg.ConfigError(f"--episodes {args.episodes}: must be >= 1")
-        path = args.agent / "config.json"
-        if not path.is_file():
-            raise cfg.ConfigError(f"{args.agent} is not a run folder (no config.json)")
-        config = cfg.from_dict(json.loads(path.read_text()))
-        paths = run_folder.RunPaths(args.agent)
-        c_config = stages.controller_config(config)
+        agent = agents.load(args.agent)  # a shipped agent (manifest.json) or a run folder
+        config, c_config = agent.config, agent.c_config
         name = f"seeds-{first}-{args.episodes}"
         out = args.out or args.agent / "evaluation" / f"{name}.json"
         start = time.perf_counter()
         result = evaluate_controller(
             stages._stage_key(config, "evaluate"),
             config.game,
-            stages.real_models(config, paths, c_config),
+            agent.models(),
             c_config,
-            stages.load_controller(paths),
+            agent.c_flat,
             args.episodes,
             num_workers=args.workers or stages._workers(0),
             seed_offset=first,
