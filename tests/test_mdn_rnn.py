@@ -456,6 +456,21 @@ def test_done_loss_weights_positives_ten_times():
     )
 
 
+def test_a_pessimistic_reward_head_pays_more_for_over_prediction():
+    config = dataclasses.replace(SMALL, reward_over_weight=5.0)
+    params = _fresh_params(config)
+    params["head"]["kernel"] = jnp.zeros_like(params["head"]["kernel"])
+    reward_index = config.latent_dim * config.num_mixtures * 3 + 1
+    params["head"]["bias"] = params["head"]["bias"].at[reward_index].set(0.25)  # predicts 0.25
+    batch = _random_batch(1, config, batch_size=1, seq_len=4)
+    rewards = np.array([[1.0, 0.0, -1.0, 0.25]], np.float32)
+    batch = batch._replace(rewards=rewards, mask=np.ones((1, 4), bool))
+    _, metrics = _loss_fn(jax.random.key(2), config, params, batch)
+    excess = 0.25 - rewards[0]
+    expected = np.where(excess > 0, 5.0, 1.0) * np.square(excess)
+    np.testing.assert_allclose(metrics["reward_loss"], expected.mean(), rtol=1e-5)
+
+
 def test_training_stays_finite_with_extreme_inputs():
     init_state, train_step = _small_train()
     state = init_state(jax.random.key(0))

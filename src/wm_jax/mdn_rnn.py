@@ -47,6 +47,9 @@ class MDNRNNConfig:
     predict_done: bool = False  # Doom: True, one extra logit
     predict_reward: bool = False  # needed to train CarRacing in the dream
     done_pos_weight: float = 10.0  # World Models code (doomrnn.py): BCE positives weighted ×10
+    # Not in the paper: reward predicted above the real one costs this many times more than below
+    # (a pessimistic reward head, so the dream does not pay for what the game does not; 1: MSE).
+    reward_over_weight: float = 1.0
     # "soft" (not in the paper, see LOG_SIGMA_MIN) or "none" (the authors' raw log σ). The loss
     # and the dream's sampler (`step`) both follow it, so M is dreamed with what it was trained on.
     log_sigma_bound: str = "soft"

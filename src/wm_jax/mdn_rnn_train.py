@@ -176,7 +176,8 @@ def loss_with_state(
         1.0 - dones
     ) * jax.nn.softplus(output.done_logit)
     done_loss = jnp.sum(jnp.where(real, done_bce, 0.0)) / num_real
-    reward_error = jnp.square(output.reward - jnp.asarray(batch.rewards, jnp.float32))
+    excess = output.reward - jnp.asarray(batch.rewards, jnp.float32)
+    reward_error = jnp.where(excess > 0, config.reward_over_weight, 1.0) * jnp.square(excess)
     reward_loss = jnp.sum(jnp.where(real, reward_error, 0.0)) / num_real
     loss, metrics = z_nll, {"z_nll": z_nll}
     if config.predict_done:  # a head that is off is neither trained nor reported
