@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m wm_jax.agents RUN_DIR OUT_DIR`: export a finished run's agent."""
     import argparse
 
-    from wm_jax.cli import run_command
+    from wm_jax.cli import exit_code
 
     parser = argparse.ArgumentParser(
         prog="python -m wm_jax.agents",
@@ -287,11 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(entry["bytes"] for entry in verify(out)["files"].values())
         print(f"exported {args.run_dir} to {out} ({total:,} bytes, {args.dtype})")
 
-    try:
-        run_command(work)
-    except SystemExit as exit_:
-        return int(exit_.code)
-    return 0
+    return exit_code(work)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,12 @@ def run_command(
         raise SystemExit(2) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def exit_code(call: Callable[[], Any], **kwargs: Any) -> int:
+    """`run_command(call)` for a `main()`: 0 when it finished, else the exit code it chose."""
+    try:
+        run_command(call, **kwargs)
+    except SystemExit as exit_:
+        return int(exit_.code)
+    return 0

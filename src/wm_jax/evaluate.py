@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     from wm_jax import runtime
-    from wm_jax.cli import run_command
+    from wm_jax.cli import exit_code
 
     runtime.tune_malloc()
     parser = argparse.ArgumentParser(
@@ -264,11 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result.summary()} on seeds {first}..{first + args.episodes - 1}: {out}")
         return record
 
-    try:
-        run_command(work)
-    except SystemExit as exit_:
-        return int(exit_.code)
-    return 0
+    return exit_code(work)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def play(
 def main(argv: list[str] | None = None) -> int:
     """`python -m wm_jax.play GAME`: watch a shipped agent play."""
     from wm_jax import runtime
-    from wm_jax.cli import run_command
+    from wm_jax.cli import exit_code
     from wm_jax.envs import games
 
     runtime.tune_malloc()
@@ -176,11 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(f"{args.game}.gif")
         return play(agent, seeds, out, args.max_frames, progress=not args.no_progress)
 
-    try:
-        run_command(work)
-    except SystemExit as exit_:
-        return int(exit_.code)
-    return 0
+    return exit_code(work)
 
 
 if __name__ == "__main__":
