@@ -1,0 +1,386 @@
+"""Every speed figure of one accelerator in one call of under 8 minutes (one H100 / H200).
+
+    bash benchmarks/device_suite.sh [--tiny]          # the prepared call (see that script)
+    .venv/bin/python -m benchmarks.device_suite [--tiny] [--out-dir DIR] [--budget-s S]
+
+Measures, in this order, each guarded so that one failure (an out-of-memory at a million
+rollouts, say) loses only itself: the card's matmul peak (float32 at JAX's default precision,
+which is TF32 on an NVIDIA GPU, at "highest" and in bfloat16); dream steps/s of the CarRacing-
+and the Doom-sized M at batches 1 ... 1,048,576; one CMA-ES generation in the Doom dream at
+64 × 16 × 2,100 steps; V and M training. Timing, weights and sizes are `benchmarks.run`'s
+(medians after a warm-up, compile time apart); torch and the NumPy reference are left out.
+
+Writes `<machine>-<date>-device.json` and `.md` (`-tiny` with --tiny) into benchmarks/results/
+(or --out-dir) after every measurement, so a call cut short keeps what it measured. A
+measurement that would start after `--budget-s` seconds is recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from threadpoolctl import threadpool_limits
+
+from benchmarks import peak, report
+from benchmarks import run as bench
+from wm_jax import checkpoint, runtime
+
+RESULTS_DIR = bench.RESULTS_DIR
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """Sizes of one suite run; `bench` holds the sizes `benchmarks.run`'s sections read."""
+
+    name: str
+    bench: bench.Settings
+    dream_games: tuple[str, ...] = ("doom", "car_racing")
+    vae_batches: tuple[int, ...] = (100, 1024)  # the paper's 100, and one that fills a GPU
+    mdn_batches: tuple[int, ...] = (100,)  # the paper's, at its sequence lengths
+    peak_sizes: tuple[int, ...] = peak.GPU_SIZES
+    budget_s: float = 400.0  # of the 8-minute call: start-up and the last measurement need the rest
+
+
+DEVICE = Suite(
+    name="device",
+    bench=dataclasses.replace(
+        bench.FULL,
+        name="device",
+        batches=(1, 64, 1024, 16384, 131072, 1048576),
+        batched_at=(1024, 1048576),
+        dream_steps_total=10_000_000,  # batch 1,024: 2,000 steps a call; 1M rollouts: 10
+        dream_steps_range=(10, 2000),
+        repeats=3,
+        min_time_s=0.5,
+        cma_generations=2,  # CMA-ES at its full size: 64 × 16 rollouts of 2,100 steps
+    ),
+)
+# Toy sizes for tests/test_device_suite.py (CPU, seconds): checks the harness, not the speed.
+TINY = Suite(
+    name="tiny",
+    bench=dataclasses.replace(bench.TINY, batches=(2,), batched_at=(2,)),
+    vae_batches=(2,),
+    mdn_batches=(2,),
+    peak_sizes=(128,),
+    budget_s=600.0,
+)
+SUITES = {suite.name: suite for suite in (DEVICE, TINY)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def dream_row(
+    game_name: str,
+    batch: int,
+    settings: bench.Settings,
+    impl: str = "dream",
+    peak_gflops: float | None = None,
+) -> dict[str, Any]:
+    """Dream steps/s of `batch` rollouts of the `game_name` M ("doom" or "car_racing").
+
+    `benchmarks.run`'s dream timing: random weights, `impl` "dream" (the path `wm_jax.evolve`
+    runs: `vmap` over rollouts of a `lax.scan`) or "batched" (one scan over (batch, ...) arrays),
+    compiled ahead (compile_s) and timed as the median of `settings.repeats` repetitions.
+
+    Returns:
+      The row: impl, batch, num_steps, steps_per_s, gflops (matmul FLOPs only), median_s,
+      compile_s and, with `peak_gflops`, fraction_of_peak.
+    """
+    game = bench.DREAM_GAMES[game_name]
+    model_params, policy_params, initial_mu = bench._dream_weights(game)
+    num_steps = bench._steps_for(settings, batch)
+    fn = bench._jax_dream_fn(game, batch, num_steps, impl)
+    args = (jax.random.key(1), model_params, policy_params, initial_mu)
+    compiled, compile_s = bench.compile_jit(fn, *args)
+    timing = bench.time_calls(
+        lambda: bench._block(compiled(*args)), settings.repeats, settings.min_time_s
+    )
+    row = bench._dream_row(f"wm_jax:{impl}", batch, num_steps, timing, game.flops)
+    row["compile_s"] = compile_s
+    if peak_gflops:
+        row["fraction_of_peak"] = row["gflops"] / peak_gflops
+    return row
+
+
+def measure_peak(suite: Suite) -> dict[str, Any]:
+    """`benchmarks.peak.measure_peak` (with the dream's own matmuls), plus the float32 peak at
+    "highest" precision (no TF32) and the bfloat16 peak at the largest size."""
+    repeats = 2 * suite.bench.repeats
+    record = peak.measure_peak(suite.peak_sizes, repeats, bench.dream_gemm_shapes(suite.bench))
+    size = max(suite.peak_sizes)
+    with jax.default_matmul_precision("highest"):
+        record["jax_gflops_float32_highest"] = peak.jax_matmul_gflops(size, repeats)
+    record["jax_gflops_bfloat16"] = peak.jax_matmul_gflops(size, repeats, jnp.bfloat16)
+    record["precision_size"] = size
+    record["default_precision"] = "JAX default (TF32 on NVIDIA GPUs with tensor cores)"
+    return record
+
+
+def _cma(settings: bench.Settings) -> dict[str, Any]:
+    """`benchmarks.run.bench_cma` with one BLAS thread, as `wm_jax.evolve_loop` runs CMA-ES: on a
+    CPU, CMA-ES's eigh in OpenBLAS threads fights XLA's (seconds a generation at Doom's size)."""
+    with threadpool_limits(1, user_api="blas"):
+        return bench.bench_cma(settings) | {"blas_threads": 1}
+
+
+def _memory_peak_bytes() -> int | None:
+    """The device's peak bytes in use so far (None where the backend keeps no statistics)."""
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # not every backend implements it
+        return None
+    return stats.get("peak_bytes_in_use")
+
+
+def _guarded(record: dict[str, Any], label: str, measure: Callable[[], Any], deadline: float):
+    """`measure()`, or None with the error (or the spent budget) in record["errors"/"skipped"]."""
+    if time.perf_counter() > deadline:
+        record["skipped"].append(label)
+        print(f"  {label}: skipped (time budget spent)", file=sys.stderr, flush=True)
+        return None
+    start = time.perf_counter()
+    try:
+        return measure()
+    except Exception as error:  # one failure (an OOM at 1M rollouts) must not lose the rest
+        record["errors"][label] = f"{type(error).__name__}: {str(error)[:500]}"
+        print(f"  {label} FAILED: {record['errors'][label]}", file=sys.stderr, flush=True)
+        return None
+    finally:
+        record["seconds"][label] = time.perf_counter() - start
+
+
+def run(
+    suite: Suite,
+    out_dir: Path | None = None,
+    copy_to: Path | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Runs every measurement of `suite`, writing the record after each; returns it."""
+    machine = peak.machine_info() | {"malloc": runtime.malloc_mode()}  # starts the backend
+    start = time.perf_counter()
+    deadline = start + suite.budget_s
+    date = datetime.date.today().isoformat()
+    record: dict[str, Any] = {
+        "name": name or f"{peak.machine_slug(machine)}-{date}-{suite.name}",
+        "suite": suite.name,
+        "machine": machine,
+        "settings": dataclasses.asdict(suite),
+        "errors": {},
+        "skipped": [],
+        "seconds": {},
+        "complete": False,
+    }
+    out_dir = Path(out_dir or RESULTS_DIR)
+    print(f"device suite: {record['name']} on {machine['jax_devices']}", file=sys.stderr)
+
+    def save() -> None:
+        record["total_seconds"] = time.perf_counter() - start
+        write_outputs(record, out_dir, copy_to)
+
+    settings = suite.bench
+    record["peak"] = _guarded(record, "peak", lambda: measure_peak(suite), deadline)
+    peak_gflops = (record["peak"] or {}).get("peak_gflops")
+    if peak_gflops:
+        bench._progress("matmul peak GFLOP/s", {"peak_gflops": peak_gflops})
+    save()
+
+    record["dream"] = {}
+    for game_name in suite.dream_games:
+        game = bench.DREAM_GAMES[game_name]
+        rows: list[dict[str, Any]] = []
+        record["dream"][game_name] = {
+            "flops_per_step": game.flops,
+            "temperature": game.temperature,
+            "rows": rows,
+        }
+        for batch in settings.batches:
+            both = settings.batched_at is None or batch in settings.batched_at
+            for impl in ("dream", "batched") if both else ("dream",):
+                label = f"dream {game_name} wm_jax:{impl} batch {batch}"
+
+                def measure(game_name=game_name, batch=batch, impl=impl):
+                    return dream_row(game_name, batch, settings, impl, peak_gflops)
+
+                row = _guarded(record, label, measure, deadline)
+                if row is not None:
+                    row["device_peak_bytes_in_use"] = _memory_peak_bytes()
+                    rows.append(row)
+                    bench._progress(label, row)
+                save()
+
+    record["cma"] = _guarded(record, "cma doom generation", lambda: _cma(settings), deadline)
+    save()
+
+    record["vae"] = {}
+    for batch in suite.vae_batches:
+        sized = dataclasses.replace(settings, vae_batch=batch)
+        result = _guarded(
+            record, f"vae batch {batch}", lambda s=sized: bench.bench_vae(s, None), deadline
+        )
+        if result is not None:
+            record["vae"][str(batch)] = result
+        save()
+
+    record["mdn"] = {}
+    for batch in suite.mdn_batches:
+        sized = dataclasses.replace(settings, mdn_batch=batch)
+        result = _guarded(
+            record, f"mdn batch {batch}", lambda s=sized: bench.bench_mdn(s, None), deadline
+        )
+        if result is not None:
+            record["mdn"][str(batch)] = result
+        save()
+
+    record["complete"] = True
+    save()
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The record
+
+
+def summary_lines(record: dict[str, Any]) -> list[str]:
+    """The markdown of a suite record: the machine, then one table per measurement."""
+    fmt = report.fmt
+    machine = record["machine"]
+    lines = [
+        f"# wm_jax device suite: {record['name']}",
+        "",
+        f"{', '.join(machine['jax_devices'])}; jax {machine['jax']}; {machine['cpu_model']} "
+        f"({machine['cores_usable']} cores); {machine['date']}; "
+        f"{fmt(record.get('total_seconds'))} s in all"
+        + ("" if record["complete"] else " (**incomplete**: the call ended early)"),
+        "",
+    ]
+    peak_record = record.get("peak")
+    if peak_record:
+        lines += ["## Matmul peak (GFLOP/s)", ""]
+        lines += report._table(
+            ["float32, default precision", "float32, highest", "bfloat16", "used as the peak"],
+            [
+                [
+                    peak_record["jax_gflops"],
+                    peak_record.get("jax_gflops_float32_highest"),
+                    peak_record.get("jax_gflops_bfloat16"),
+                    peak_record["peak_gflops"],
+                ]
+            ],
+        )
+        lines.append("")
+    for game_name, game in (record.get("dream") or {}).items():
+        lines += [
+            f"## Dream steps/s, {game_name}-sized M "
+            f"({fmt(game['flops_per_step']['total'])} matmul FLOPs a step)",
+            "",
+        ]
+        header = ["impl", "batch", "steps/call", "steps/s", "GFLOP/s", "of peak", "compile s"]
+        rows = [
+            [
+                row["impl"],
+                row["batch"],
+                row["num_steps"],
+                row["steps_per_s"],
+                row["gflops"],
+                row.get("fraction_of_peak"),
+                row["compile_s"],
+            ]
+            for row in game["rows"]
+        ]
+        lines += report._table(header, rows) + [""]
+    cma = record.get("cma")
+    if cma:
+        lines += [
+            "## One CMA-ES generation in the Doom dream",
+            "",
+            f"{cma['population']} × {cma['rollouts_per_member']} rollouts × {cma['max_steps']} "
+            f"steps: **{fmt(cma['seconds_per_generation'])} s** "
+            f"({fmt(cma['dream_steps_per_s'])} dream steps/s; compile {fmt(cma['compile_s'])} s; "
+            f"the paper: about {fmt(cma['paper_seconds_per_generation'])} s on 64 cores).",
+            "",
+        ]
+    if record.get("vae"):
+        lines += ["## V training (Adam)", ""]
+        rows = [
+            [batch, r["wm_jax"]["images_per_s"], r["wm_jax"]["median_s"], r["wm_jax"]["compile_s"]]
+            for batch, r in record["vae"].items()
+        ]
+        lines += report._table(["batch", "images/s", "s/step", "compile s"], rows) + [""]
+    if record.get("mdn"):
+        lines += ["## M training (Adam, teacher forcing)", ""]
+        rows = [
+            [
+                game,
+                batch,
+                r["seq_len"],
+                r["wm_jax"]["timesteps_per_s"],
+                r["wm_jax"]["median_s"],
+                r["wm_jax"]["compile_s"],
+            ]
+            for batch, games in record["mdn"].items()
+            for game, r in games.items()
+        ]
+        header = ["game", "batch", "seq len", "timesteps/s", "s/step", "compile s"]
+        lines += report._table(header, rows) + [""]
+    if record["errors"] or record["skipped"]:
+        lines += ["## Failed or skipped", ""]
+        lines += [f"- {label}: {error}" for label, error in record["errors"].items()]
+        lines += [f"- {label}: skipped, time budget spent" for label in record["skipped"]]
+        lines.append("")
+    return lines
+
+
+def write_outputs(
+    record: dict[str, Any], out_dir: Path, copy_to: Path | None = None
+) -> dict[str, Path]:
+    """<name>.json and <name>.md in `out_dir` (atomically), and copies in `copy_to`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"{record['name']}.json", "md": out_dir / f"{record['name']}.md"}
+    record["files"] = {key: str(path) for key, path in paths.items()}
+    checkpoint.atomic_write_json(paths["json"], record)
+    checkpoint.atomic_write_text(paths["md"], "\n".join(summary_lines(record)))
+    if copy_to is not None:
+        copy_to.mkdir(parents=True, exist_ok=True)
+        for path in paths.values():
+            shutil.copyfile(path, copy_to / path.name)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    runtime.tune_malloc()  # as the library's entry points do (see wm_jax.runtime)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.device_suite", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--tiny", action="store_true", help="toy sizes: checks the harness")
+    parser.add_argument("--out-dir", type=Path, default=None, help=f"default {RESULTS_DIR}")
+    parser.add_argument("--copy-to", type=Path, default=None, help="also copy the record here")
+    parser.add_argument("--name", default=None, help="file stem (default <machine>-<date>-suite)")
+    parser.add_argument("--budget-s", type=float, default=None, help="skip what would start later")
+    parser.add_argument("--batches", default=None, help="dream batch sizes, e.g. 1,1024,1048576")
+    args = parser.parse_args(argv)
+    suite = TINY if args.tiny else DEVICE
+    if args.budget_s is not None:
+        suite = dataclasses.replace(suite, budget_s=args.budget_s)
+    if args.batches:
+        batches = tuple(int(b) for b in args.batches.split(","))
+        suite = dataclasses.replace(suite, bench=dataclasses.replace(suite.bench, batches=batches))
+    record = run(suite, args.out_dir, args.copy_to, args.name)
+    print("\n".join(summary_lines(record)))
+    print(f"wrote {', '.join(record['files'].values())}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
