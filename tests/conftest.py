@@ -17,3 +17,14 @@ def doom_smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("doom") / "run"
     experiment.run("doom_take_cover", "smoke", run_dir, progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def minatar_smoke_run(tmp_path_factory):
+    """One finished `minatar_breakout --scale smoke` run (the fastest game), shared read-only by
+    the runner's end-to-end test, the kill-anywhere tests and the notebook test."""
+    from wm_jax import experiment
+
+    run_dir = tmp_path_factory.mktemp("minatar") / "run"
+    experiment.run("minatar_breakout", "smoke", run_dir, progress=False)
+    return run_dir

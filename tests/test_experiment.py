@@ -165,11 +165,9 @@ def test_interrupted_stage_keeps_its_wall_time(tmp_path, monkeypatch):
     assert not (tmp_path / "r" / "stages" / "collect.json").exists()
 
 
-def test_minatar_smoke_end_to_end(tmp_path):
+def test_minatar_smoke_end_to_end(minatar_smoke_run):
     # The JAX-native game: M predicts reward and done, so C is trained in the dream.
-    run_dir = tmp_path / "minatar"
-    experiment.run("minatar_breakout", "smoke", run_dir, progress=False)
-    results = _check_run_folder(run_dir, "minatar_breakout", episodes=2)
+    results = _check_run_folder(minatar_smoke_run, "minatar_breakout", episodes=2)
     assert results["controller"]["trained_in"] == "dream"
 
 

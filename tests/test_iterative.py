@@ -115,7 +115,7 @@ def test_iteration_config_counts_m_steps_and_refuses_frozen_settings():
 
 
 def test_refuses_a_run_whose_controller_was_trained_in_the_real_game(tmp_path):
-    car = preset("car_racing", "smoke")
+    car = preset("car_racing", "smoke", train_in="real")
     experiment.prepare_run_dir(tmp_path, car)
     with pytest.raises(config.ConfigError, match="controller.train_in=real"):
         iterative.run(tmp_path, iterations=1)

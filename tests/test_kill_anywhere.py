@@ -16,8 +16,6 @@ from wm_jax import checkpoint, evaluate, experiment, run_folder
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "minatar_breakout"
-# Smoke MinAtar episodes are short: batches of 4 frames give V six steps (a checkpoint each).
-SETTINGS = ["vae_train.batch_size=4"]
 
 
 def _numbers(run_dir):
@@ -35,10 +33,8 @@ def _numbers(run_dir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("whole") / "run"
-    experiment.run(EXPERIMENT, "smoke", run_dir, overrides=SETTINGS, progress=False)
-    return _numbers(run_dir)
+def uninterrupted(minatar_smoke_run):
+    return _numbers(minatar_smoke_run)
 
 
 class _Interrupt:
@@ -90,9 +86,9 @@ def test_interrupted_anywhere_and_resumed_gives_the_same_numbers(
             else:
                 patch.setattr(evaluate, "append_jsonl", trap)
             with pytest.raises(KeyboardInterrupt):
-                experiment.run(EXPERIMENT, "smoke", run_dir, overrides=SETTINGS, progress=False)
+                experiment.run(EXPERIMENT, "smoke", run_dir, progress=False)
         assert trap.count >= trap.at, (where, trap.count)  # the moment was reached
-    experiment.run(EXPERIMENT, "smoke", run_dir, overrides=SETTINGS, progress=False)
+    experiment.run(EXPERIMENT, "smoke", run_dir, progress=False)
     assert _numbers(run_dir) == uninterrupted
     for stage in experiment.cfg.STAGES:
         assert run_folder.is_current(run_dir, stage, experiment.UPSTREAM[stage])
@@ -106,7 +102,7 @@ def test_sigkill_during_m_then_resume_gives_the_same_numbers(tmp_path, uninterru
         import sys
         from wm_jax import experiment
         sys.exit(experiment.main(["{EXPERIMENT}", "--scale", "smoke", "--run-dir",
-                                  "{run_dir}", "--no-progress", "--set", "{SETTINGS[0]}"]))
+                                  "{run_dir}", "--no-progress"]))
         """
     )
     child = subprocess.Popen(
@@ -122,5 +118,5 @@ def test_sigkill_during_m_then_resume_gives_the_same_numbers(tmp_path, uninterru
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=60)
     assert not run_folder.record_path(run_dir, "train_mdn_rnn").exists()
-    experiment.run(EXPERIMENT, "smoke", run_dir, overrides=SETTINGS, progress=False)
+    experiment.run(EXPERIMENT, "smoke", run_dir, progress=False)
     assert _numbers(run_dir) == uninterrupted

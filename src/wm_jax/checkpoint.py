@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -180,8 +181,18 @@ def _save_step(
         else:
             os.replace(tmp, final)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
+
+
+def _remove(folder: Path, attempts: int = 50) -> None:
+    """Delete a temporary folder; orbax's writer threads may still be adding files to it
+    just after a failed save, so retry briefly until it is gone."""
+    for _ in range(attempts):
+        if not folder.exists():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            time.sleep(0.02)
 
 
 def verify(directory: str | os.PathLike, step: int) -> None:

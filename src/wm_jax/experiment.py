@@ -26,11 +26,10 @@ from wm_jax.cli import run_command
 from wm_jax.presets import expected_wall_time, preset
 
 # Settings that may differ when a run is resumed (they do not change what is computed).
-_RESUMABLE_CHANGES = {
-    ("collect", "workers"),
-    ("evaluate", "workers"),
-    ("iterate", "iterations"),  # more §5 rounds continue the run after its last one
-}
+_RESUMABLE_CHANGES = {("collect", "workers"), ("evaluate", "workers")}
+# The §5 rounds run after the run's own stages: more of them, or other settings for rounds not
+# run yet, continue a finished run (a round already run refuses other settings itself).
+_RESUMABLE_SECTIONS = {"iterate"}
 PACKAGES = (
     "wm_jax",
     "jax",
@@ -104,8 +103,8 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     changes = []
     for section in set(old) | set(new):
         a, b = old.get(section), new.get(section)
-        if a is None and isinstance(b, dict):  # a section newer than the run: its defaults
-            continue
+        if (a is None and isinstance(b, dict)) or section in _RESUMABLE_SECTIONS:
+            continue  # a section newer than the run (its defaults), or one that may change
         if isinstance(a, dict) and isinstance(b, dict):
             for name in sorted(set(a) | set(b)):
                 if name not in a:  # a setting newer than the run: it takes its default

@@ -48,7 +48,12 @@ PARENT_STAGES = ("collect", "train_vae", "encode", "train_mdn_rnn", "train_contr
 # episodes are collected as the parent's were.
 _FROZEN_SECTIONS = {"vae", "vae_train", "mdn_rnn", "collect"}
 _FROZEN = {("controller", "kind"), ("controller", "train_in")}
-_FREE_FIELDS = {("collect", "workers")}
+# Loss weights of M's heads change what M learns from the new data, not its shapes.
+_FREE_FIELDS = {
+    ("collect", "workers"),
+    ("mdn_rnn", "reward_over_weight"),
+    ("mdn_rnn", "done_pos_weight"),
+}
 
 
 def collect_seed(seed: int, iteration: int) -> int:

@@ -187,7 +187,13 @@ def _smoke(config: ExperimentConfig) -> ExperimentConfig:
             workers=2,
         ),
         data=replace(config.data, memory_budget_mb=16, encode_batch_size=64),
-        vae_train=replace(config.vae_train, batch_size=16, num_epochs=1),
+        # MinAtar's smoke episodes are a few frames: batches of 4 give V several steps (and
+        # checkpoints, which the kill-anywhere tests interrupt between).
+        vae_train=replace(
+            config.vae_train,
+            batch_size=4 if config.experiment == "minatar_breakout" else 16,
+            num_epochs=1,
+        ),
         mdn_rnn=replace(config.mdn_rnn, hidden_size=32),
         mdn_train=replace(config.mdn_train, batch_size=4, seq_len=20, num_steps=10),
         controller=replace(config.controller, generations=2, initial_frames=4),
