@@ -143,6 +143,19 @@ def test_resume_shards_and_skips(tmp_path):
         collect("doom_take_cover", tmp_path, 6, min_frames=0, **(kwargs | {"seed": 8}))
 
 
+def test_collecting_again_repairs_corrupt_episode_files(tmp_path):
+    kwargs = {"seed": SEED, "workers": 1, "max_frames": 30, "progress": False}
+    collect("minatar_breakout", tmp_path, 2, **kwargs)
+    before = _hashes(tmp_path)
+    path = EpisodeStore(tmp_path).path(1)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = collect("minatar_breakout", tmp_path, 2, **kwargs)
+    assert (again["already_done"], again["stored"]) == (1, 1)
+    assert _hashes(tmp_path) == before  # the same episode, seeded per episode
+    assert EpisodeStore(tmp_path).readable(1)
+
+
 def test_short_episodes_recorded_as_skipped(tmp_path):
     kwargs = {"seed": SEED, "workers": 1, "max_frames": 20, "min_frames": 25, "progress": False}
     summary = collect("doom_take_cover", tmp_path, 2, **kwargs)

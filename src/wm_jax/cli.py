@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,9 @@ def run_command(
     the run folder's run.log); Ctrl-C or SIGTERM says how to resume and exits 130 / 143
     (finished work is already saved)."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # A warning (a corrupt episode skipped, a checkpoint step passed over) is one line too.
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     try:
         return call()
     except KeyboardInterrupt as err:
@@ -87,6 +91,7 @@ def run_command(
         raise SystemExit(2) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        warnings.formatwarning = formatwarning
 
 
 def exit_code(call: Callable[[], Any], **kwargs: Any) -> int:

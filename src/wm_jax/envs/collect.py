@@ -192,7 +192,11 @@ def collect(
     store.write_meta(meta | {"env_kwargs": env_kwargs, "policy": policy_name})
 
     requested = list(range(shard_index, num_episodes, num_shards))
-    todo = deque(i for i in requested if not store.finished(i))
+    # A stored episode whose file no longer matches its sha256 is collected again (the same
+    # episode: collection is seeded per episode), so `--stages collect` repairs a store.
+    todo = deque(
+        i for i in requested if not store.finished(i) or (store.has(i) and not store.readable(i))
+    )
     run = _Run(game, store, todo, progress)
     run.summary |= {"requested": len(requested), "already_done": len(requested) - len(todo)}
     num_workers = min(workers or os.cpu_count() or 1, len(todo))
