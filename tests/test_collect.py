@@ -11,7 +11,7 @@ import pytest
 from test_car_racing_fast import leave_playfield
 
 from wm_jax.data import EpisodeStore
-from wm_jax.data.store import require_done_records
+from wm_jax.data.done_records import require_done_records
 from wm_jax.envs import game_spec, random_policy
 from wm_jax.envs.car_racing import CarRacingEnv
 from wm_jax.envs.collect import collect, episode_seeds, main, run_episode

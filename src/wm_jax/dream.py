@@ -36,7 +36,7 @@ GAMES = {
     # Not in the paper (it trained CarRacing's C in the real game): M's reward head pays, and
     # with predict_done the episode ends at M's done, so leaving the playfield costs its -100
     # once, as in the game. That needs data that records the game's done (`wm_jax.envs.collect`
-    # does; `data.store.require_done_records` refuses older stores): an M trained on the World
+    # does; `done_records.require_done_records` refuses older stores): an M trained on the World
     # Models code's full 1,000-frame rollouts never ends a dream and pays -100 every later step.
     "car_racing": ("model", ("z", "h")),
     # Not in the paper: the JAX-native demo; M must predict reward and done (its presets do).

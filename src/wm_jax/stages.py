@@ -28,7 +28,8 @@ from wm_jax import (
 )
 from wm_jax.config import ExperimentConfig
 from wm_jax.data import EpisodeStore, encode_store, frame_batches, load_encoded, sequence_batches
-from wm_jax.data.store import NoEpisodesError, require_done_records
+from wm_jax.data.done_records import require_done_records
+from wm_jax.data.store import NoEpisodesError
 from wm_jax.envs import game_spec
 from wm_jax.envs.collect import collect as collect_episodes
 from wm_jax.run_folder import RunPaths

@@ -163,7 +163,8 @@ def collect(
         a summary: counts (requested, already_done, stored, skipped, failed), frames stored,
         seconds, frames_per_s, episodes_per_s, and the store's totals.
     """
-    from wm_jax.data.store import RECORDS_DONE, EpisodeStore, records_done
+    from wm_jax.data.done_records import RECORDS_DONE, records_done
+    from wm_jax.data.store import EpisodeStore
 
     spec = game_spec(game)
     shard_index, num_shards = shard
@@ -177,7 +178,7 @@ def collect(
 
     store = EpisodeStore(out_dir)
     meta = {"game": game, "seed": seed, "max_frames": max_frames, "min_frames": min_frames}
-    # The format marker an M that predicts done requires (`store.require_done_records`):
+    # The format marker an M that predicts done requires (`done_records.require_done_records`):
     # CarRacingEnv's full_episode=True ignores the game's done, every other setting records it.
     meta[RECORDS_DONE] = not env_kwargs.get("full_episode", False)
     previous = store.read_meta()
