@@ -213,3 +213,24 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     partial = json.loads(run_folder.record_path(run_dir, "collect", "partial").read_text())
     assert partial["seconds"] > 0
     assert "Terminated" in (Path(run_dir) / "run.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "code, advice",
+    [
+        (errno.EACCES, "choose a --run-dir you can write"),
+        (errno.EROFS, "read-only"),
+        (errno.ENOTDIR, "not a folder"),
+        (errno.ENOSPC, "disk is full"),
+    ],
+)
+def test_os_errors_become_one_line_naming_the_path_and_what_to_do(code, advice):
+    from wm_jax import cli
+
+    err = OSError(code, os.strerror(code), "/runs/r/checkpoints/vae")
+    message = cli.user_error(RuntimeError("wrapped").with_traceback(None))
+    assert message is None  # a bug keeps its traceback
+    wrapped = RuntimeError("orbax failed")
+    wrapped.__cause__ = err
+    message = cli.user_error(wrapped)
+    assert "/runs/r/checkpoints/vae" in message and advice in message and "\n" not in message

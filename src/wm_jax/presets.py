@@ -238,7 +238,7 @@ def preset(
 # Measured end to end on a 2-core CPU (experiments/README.md has the stage times).
 _WALL_TIMES = {
     ("doom_take_cover", "small"): "about 1.5 h (73 min, then 23 min for the §5 iteration)",
-    ("car_racing", "small"): "about 50 min",
+    ("car_racing", "small"): "about 75 min (and about 30 min per §5 round)",
 }
 
 
