@@ -223,25 +223,20 @@ def run(
     record["cma"] = _guarded(record, "cma doom generation", lambda: _cma(settings), deadline)
     save()
 
-    record["vae"] = {}
-    for batch in suite.vae_batches:
-        sized = dataclasses.replace(settings, vae_batch=batch)
-        result = _guarded(
-            record, f"vae batch {batch}", lambda s=sized: bench.bench_vae(s, None), deadline
-        )
-        if result is not None:
-            record["vae"][str(batch)] = result
-        save()
-
-    record["mdn"] = {}
-    for batch in suite.mdn_batches:
-        sized = dataclasses.replace(settings, mdn_batch=batch)
-        result = _guarded(
-            record, f"mdn batch {batch}", lambda s=sized: bench.bench_mdn(s, None), deadline
-        )
-        if result is not None:
-            record["mdn"][str(batch)] = result
-        save()
+    training = (
+        ("vae", suite.vae_batches, "vae_batch", bench.bench_vae),
+        ("mdn", suite.mdn_batches, "mdn_batch", bench.bench_mdn),
+    )
+    for name, batches, field, measure in training:  # V's and M's training steps/s per batch
+        record[name] = {}
+        for batch in batches:
+            sized = dataclasses.replace(settings, **{field: batch})
+            result = _guarded(
+                record, f"{name} batch {batch}", lambda s=sized, f=measure: f(s, None), deadline
+            )
+            if result is not None:
+                record[name][str(batch)] = result
+            save()
 
     record["complete"] = True
     save()

@@ -1,5 +1,5 @@
 """A smoke pipeline interrupted at many moments (mid-stage, mid-checkpoint-write, mid-
-evaluation, and one real SIGKILL), resumed after each, ends with the same numbers as a run
+evaluation, and one real SIGKILL mid-V), resumed after each, ends with the same numbers as a run
 never interrupted."""
 
 import json
@@ -95,7 +95,7 @@ def test_interrupted_anywhere_and_resumed_gives_the_same_numbers(
         assert not run_folder.record_path(run_dir, stage, "started").exists()
 
 
-def test_sigkill_during_m_then_resume_gives_the_same_numbers(tmp_path, uninterrupted):
+def test_sigkill_during_v_then_resume_gives_the_same_numbers(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     script = textwrap.dedent(
         f"""
@@ -109,14 +109,15 @@ def test_sigkill_during_m_then_resume_gives_the_same_numbers(tmp_path, uninterru
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     for line in child.stdout:
-        if "[train_mdn_rnn] running" in line:
+        if "[train_vae] running" in line:
             break
-    deadline = time.time() + 120  # kill once M has written a checkpoint, mid-stage
-    m_dir = run_dir / "checkpoints" / "mdn_rnn"
-    while checkpoint.latest_step(m_dir) is None and time.time() < deadline:
-        time.sleep(0.05)
+    deadline = time.time() + 120  # kill once V has written a checkpoint, mid-stage
+    v_dir = run_dir / "checkpoints" / "vae"
+    while checkpoint.latest_step(v_dir) is None and time.time() < deadline:
+        time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=60)
-    assert not run_folder.record_path(run_dir, "train_mdn_rnn").exists()
+    assert checkpoint.latest_step(v_dir) is not None
+    assert not run_folder.record_path(run_dir, "train_vae").exists()
     experiment.run(EXPERIMENT, "smoke", run_dir, progress=False)
     assert _numbers(run_dir) == uninterrupted
