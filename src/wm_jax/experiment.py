@@ -182,14 +182,7 @@ def run(
     The run folder is locked for the whole run (`run_folder.RunLock`) and its console output
     goes to `DIR/run.log` too.
     """
-    overrides = overrides or []
-    # Where C trains decides the rest of a preset (CarRacing: the dream, or the paper's real
-    # game), so `--set controller.train_in=...` picks the preset before the other settings.
-    train_in = [
-        o.partition("=")[2].strip() for o in overrides if o.startswith("controller.train_in=")
-    ]
-    base = preset(experiment, scale, seed, train_in=train_in[-1] if train_in else None)
-    config = cfg.apply_overrides(base, overrides)
+    config = build_config(experiment, scale, seed, overrides or [])
     run_dir = Path(run_dir or Path("runs") / f"{experiment}-{scale}")
     with run_folder.held(run_dir):
         print(

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from wm_jax import config as cfg
-from wm_jax import experiment, run_folder, runtime
+from wm_jax import experiment, links, run_folder, runtime
 from wm_jax.checkpoint import atomic_write_json, atomic_write_text
 from wm_jax.cli import run_command
 
@@ -109,45 +109,6 @@ def _marker(run_dir: Path, stage: str) -> dict[str, Any]:
     return record
 
 
-def _symlink(target: Path, link: Path) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists() and not link.is_symlink():
-        os.symlink(os.path.relpath(target, link.parent), link)
-
-
-def _link_file(source: Path, dest: Path) -> None:
-    """Hard link (no extra disk); a copy, renamed into place, where links are not possible."""
-    if dest.exists():
-        return
-    try:
-        os.link(source, dest)
-    except OSError:
-        temp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        shutil.copyfile(source, temp)
-        os.replace(temp, dest)
-
-
-def link_store(source: Path, dest: Path) -> int:
-    """Every episode file of store `source` into store `dest` (with its manifest and meta)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("manifest.json", "meta.json"):  # the manifest saves re-hashing every file
-        if (source / name).is_file() and not (dest / name).exists():
-            shutil.copyfile(source / name, dest / name)
-    files = sorted(source.glob("episode_*.npz"))
-    for path in files:
-        _link_file(path, dest / path.name)
-    return len(files)
-
-
-def _copy_tree(source: Path, dest: Path) -> None:
-    """`source` copied to `dest` via a temporary folder, so a kill never leaves half a copy."""
-    temp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(temp, ignore_errors=True)
-    shutil.copytree(source, temp, ignore=shutil.ignore_patterns(".*"))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(temp, dest)
-
-
 def warm_start_es(config: cfg.ExperimentConfig, paths, previous, iteration: int) -> None:
     """CMA-ES generation 0 centred on the previous controller, saved for `train_in_dream`.
 
@@ -175,7 +136,7 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
     from wm_jax.data import EpisodeStore, episode_path
     from wm_jax.envs.collect import collect
 
-    linked = link_store(previous.episodes, paths.episodes)
+    linked = links.link_store(previous.episodes, paths.episodes)
     staging = paths.root / "data" / "new_episodes"
     policy = ControllerPolicy.from_run(config, previous, noise=noise)
     summary = collect(
@@ -196,7 +157,7 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
         )
     first = iteration * INDEX_OFFSET
     for index in new.indices():
-        _link_file(new.path(index), episode_path(paths.episodes, first + index))
+        links.link_file(new.path(index), episode_path(paths.episodes, first + index))
     store = EpisodeStore(paths.episodes)  # opening it records the new files in its manifest
     info = {"iteration": iteration, "first_index": first, "policy": repr(policy)}
     info |= {"collect_seed": collect_seed(config.seed, iteration)}
@@ -256,7 +217,7 @@ def prepare_iteration(
     done = {stage for stage in cfg.STAGES if (sub / "stages" / f"{stage}.json").is_file()}
     for name in ("checkpoints/vae", "metrics/train_vae.jsonl"):  # V is the parent's
         if (run_dir / name).exists():
-            _symlink(run_dir / name, sub / name)
+            links.symlink(run_dir / name, sub / name)
     if "train_vae" not in done:
         run_folder.adopt_record(run_dir, sub, "train_vae")
     if "collect" not in done:
@@ -268,12 +229,12 @@ def prepare_iteration(
         run_folder.write_record(sub, "collect", summary, time.perf_counter() - start, {})
     shutil.rmtree(sub / "data" / "new_episodes", ignore_errors=True)  # linked into the store
     if "encode" not in done:
-        link_store(previous.encoded, paths.encoded)  # same V: only new episodes get encoded
+        links.link_store(previous.encoded, paths.encoded)  # same V: only new episodes get encoded
     m_dir = paths.checkpoints("mdn_rnn")
     if "train_mdn_rnn" not in done and checkpoint.latest_step(m_dir) is None:
         paths.metrics("train_mdn_rnn").parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(previous.metrics("train_mdn_rnn"), paths.metrics("train_mdn_rnn"))
-        _copy_tree(previous.checkpoints("mdn_rnn"), m_dir)
+        links.copy_tree(previous.checkpoints("mdn_rnn"), m_dir)
     es_started = checkpoint.latest_step(paths.checkpoints("controller")) is not None
     if settings["warm_start"] and "train_controller" not in done and not es_started:
         warm_start_es(config, paths, previous, iteration)

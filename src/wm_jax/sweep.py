@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from wm_jax import config as cfg
-from wm_jax import experiment, run_folder, runtime
+from wm_jax import experiment, links, run_folder, runtime
 from wm_jax.checkpoint import atomic_write_json, atomic_write_text
 from wm_jax.cli import run_command
 from wm_jax.report import PAPER_DOOM
@@ -34,12 +33,6 @@ SHARED_PATHS = (
 )
 
 
-def _link(target: Path, link: Path) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists() and not link.is_symlink():
-        os.symlink(os.path.relpath(target, link.parent), link)
-
-
 def prepare_tau_run(run_dir: Path, config: cfg.ExperimentConfig, tau: float) -> Path:
     """A run folder for τ whose upstream stages are the parent's (linked, marked complete)."""
     for stage in SHARED_STAGES:
@@ -51,7 +44,7 @@ def prepare_tau_run(run_dir: Path, config: cfg.ExperimentConfig, tau: float) -> 
     sub = run_dir / "sweep" / f"tau_{tau:.2f}"
     for name in SHARED_PATHS:
         if (run_dir / name).exists():
-            _link(run_dir / name, sub / name)
+            links.symlink(run_dir / name, sub / name)
     for stage in SHARED_STAGES:
         if run_folder.read_record(sub, stage) is None:
             run_folder.adopt_record(run_dir, sub, stage)
