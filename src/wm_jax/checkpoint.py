@@ -159,6 +159,7 @@ def _save_step(
 ) -> None:
     """orbax writes a hidden folder; meta.json (with the checksums) goes last; then a rename."""
     directory.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(directory)
     tmp = directory / f".tmp_step_{step:09d}_{uuid.uuid4().hex}"
     try:
         checkpointer = ocp.StandardCheckpointer()
@@ -182,6 +183,13 @@ def _save_step(
             os.replace(tmp, final)
     finally:
         _remove(tmp)
+
+
+def _sweep_leftovers(directory: Path) -> None:
+    """Delete hidden folders of earlier saves that never finished: a killed process leaves
+    them, and after a failed save orbax's writer threads can create one after our cleanup."""
+    for leftover in [*directory.glob(".tmp_step_*"), *directory.glob(".trash_*")]:
+        _remove(leftover)
 
 
 def _remove(folder: Path, attempts: int = 50) -> None:
