@@ -135,3 +135,14 @@ def test_car_racing_trains_c_in_the_dream_by_default_and_the_paper_way_is_one_fl
     assert real.evolve.rollouts_per_member == 1 and real.evolve.population_size == 16
     assert not real.mdn_rnn.predict_done
     assert real.collect == preset("car_racing", "small", train_in="real").collect
+
+
+def test_expected_wall_time_counts_the_iterations_asked_for():
+    from wm_jax.presets import expected_wall_time
+
+    assert expected_wall_time("doom_take_cover", "small") == (
+        "expected wall time on a 2-core CPU: about 73 min"
+    )
+    two = expected_wall_time("doom_take_cover", "small", iterations=2)
+    assert "about 119 min" in two and "× 2" in two
+    assert "not measured" in expected_wall_time("minatar_breakout", "small")

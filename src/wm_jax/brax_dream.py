@@ -9,6 +9,14 @@ M's weights are held by the adapter (brax envs carry their system the same way);
 termination only, and brax's `EpisodeWrapper(episode_length)` provides truncation, so PPO's
 `truncation` bookkeeping stays right. brax's `AutoResetWrapper` restarts an episode from that
 env slot's first state (same initial z), as it does for every brax env.
+
+Libraries that take brax envs by name (`brax.envs.create`, evosax's `BraxProblem`) get the dream
+through brax's own registry; `create` passes its extra kwargs (evosax: `backend="spring"`) on to
+the constructor, which accepts and ignores a physics backend:
+
+    env, env_params = wm_jax.dream.make("doom_take_cover", m_config, m_params, mu, logvar)
+    brax.envs.register_environment("wm_dream", functools.partial(BraxDream, env, env_params))
+    problem = evosax.problems.BraxProblem("wm_dream", policy, episode_length=100)
 """
 
 from __future__ import annotations
@@ -22,11 +30,25 @@ from wm_jax import dream
 
 
 class BraxDream(Env):
-    """brax view of a `dream.DreamEnv` with fixed `DreamParams`."""
+    """brax view of a `dream.DreamEnv` with fixed `DreamParams`.
 
-    def __init__(self, env: dream.DreamEnv, env_params: dream.DreamParams):
+    Args:
+      env_params: the dream's params; by default the ones the dream carries
+        (`dream.make`, `DreamEnv.with_params`).
+      backend: brax's physics pipeline ("spring", "mjx", ...), which `brax.envs.create` and
+        evosax's `BraxProblem` (default `env_kwargs={"backend": "spring"}`) pass to every env.
+        The dream has no physics, M is its dynamics: any backend name is accepted and ignored.
+    """
+
+    def __init__(
+        self,
+        env: dream.DreamEnv,
+        env_params: dream.DreamParams | None = None,
+        backend: str | None = None,
+    ):
+        del backend  # no physics to pick: M is the dream's dynamics
         self.env = env
-        self.env_params = env_params
+        self.env_params = env.default_params if env_params is None else env_params
 
     def reset(self, rng: jax.Array) -> State:
         # brax passes raw uint32 keys (jax.random.PRNGKey); the dream takes either kind.

@@ -14,10 +14,28 @@ info). This module follows that API.
 M's weights, τ, the bank of initial codes and the step cap live in `DreamParams`, so they are
 traced: new weights or another τ never recompile, and `vmap` over any of them works. M's sizes
 (`MDNRNNConfig`) are static on the `DreamEnv` object.
+
+Libraries that read `env.default_params` (gymnax's `make` and `experimental.RolloutWrapper`,
+evosax's `GymnaxProblem`) need a dream that carries its params: `make` (like `gymnax.make`)
+returns one, and `DreamEnv.with_params` gives any dream its params. A bare `DreamEnv` has none,
+and `default_params` says how to build them.
+
+    env, env_params = dream.make("doom_take_cover", m_config, m_params, mu, logvar, 1.15)
+    # gymnax: an env object goes straight in (env_params may be left out).
+    wrapper = gymnax.experimental.RolloutWrapper(forward, env=env, num_env_steps=100)
+    # evosax GymnaxProblem takes names only: register the dream with gymnax once per process.
+    gymnax.register("wm_jax/Dream-v0", lambda: env)
+    problem = evosax.problems.GymnaxProblem("wm_jax/Dream-v0", policy, episode_length=100)
+
+Those libraries hold the params as constants of their own jitted functions (their `self` is
+static), so a new M or τ there means a new wrapper or problem and one compile; pass params
+explicitly to this module's functions (`env.step(key, state, action, params)`,
+`wm_jax.dream_rollout`) to keep them traced.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jax
@@ -88,9 +106,12 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
         self.config = config
         self.reward_kind = reward
         self.inputs = tuple(inputs)
+        self._params: DreamParams | None = None  # default_params; set by with_params
 
     # The env is a static argument of jitted functions: hash and compare by value, so two
-    # identical dreams share compiled code.
+    # identical dreams share compiled code. Params a dream carries (`with_params`) compare by
+    # identity: gymnax's `step(key, state, action)` without params traces `default_params` as
+    # constants, so two dreams with different params must never share that compiled code.
     def _key(self):
         return (self.config, self.reward_kind, self.inputs)
 
@@ -98,7 +119,11 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
         return hash(self._key())
 
     def __eq__(self, other):
-        return type(other) is type(self) and other._key() == self._key()
+        return (
+            type(other) is type(self)
+            and other._key() == self._key()
+            and other._params is self._params
+        )
 
     @property
     def name(self) -> str:
@@ -115,11 +140,40 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
         return self.config.action_dim
 
     @property
+    def num_actions(self) -> int:
+        """Action size, as gymnax's continuous envs report it (Pendulum-v1: 1)."""
+        return self.config.action_dim
+
+    @property
     def default_params(self) -> DreamParams:
-        raise ValueError(
-            "a dream has no default params: build them with "
-            "DreamEnv.make_params(model_params, initial_mu, initial_logvar, temperature)"
-        )
+        """The params this dream carries (`with_params`, `make`); a bare dream has none."""
+        if self._params is None:
+            raise ValueError(
+                "a dream has no default params: build them with "
+                "DreamEnv.make_params(model_params, initial_mu, initial_logvar, temperature), "
+                "and for libraries that read env.default_params (gymnax.make, gymnax's "
+                "RolloutWrapper, evosax's GymnaxProblem) give the dream its params with "
+                "env.with_params(params), or build both with wm_jax.dream.make(...)"
+            )
+        return self._params
+
+    def with_params(self, params: DreamParams) -> DreamEnv:
+        """A copy of this dream whose `default_params` are `params` (built by `make_params`).
+
+        The copy compares equal only to dreams that carry the same params object.
+        """
+        if not isinstance(params, DreamParams) or params.initial_mu is None:
+            raise TypeError(
+                f"with_params takes DreamParams from make_params, got {type(params).__name__}"
+            )
+        if params.initial_mu.shape[-1] != self.config.latent_dim:
+            raise ValueError(
+                f"params' initial_mu {params.initial_mu.shape} does not match this dream's "
+                f"latent_dim {self.config.latent_dim}"
+            )
+        env = copy.copy(self)
+        env._params = params
+        return env
 
     def make_params(
         self,
@@ -222,6 +276,26 @@ def make_dream(game: str, config: mdn_rnn.MDNRNNConfig) -> tuple[DreamEnv, int]:
             "(wm_jax.evolve_real.train_in_real), as the paper did."
         )
     return DreamEnv(config, reward=reward, inputs=inputs), envs.game_spec(game).max_steps
+
+
+def make(
+    game: str,
+    config: mdn_rnn.MDNRNNConfig,
+    model_params: Any,
+    initial_mu: jax.Array,
+    initial_logvar: jax.Array,
+    temperature: float = 1.0,
+    max_steps: int | None = None,
+) -> tuple[DreamEnv, DreamParams]:
+    """`gymnax.make` for a dream: `(env, env_params)`, the env carrying them as `default_params`.
+
+    `make_dream` + `make_params` + `with_params` in one call; `max_steps` defaults to the game's
+    step cap. See the module docstring for handing the result to gymnax and evosax.
+    """
+    env, game_max_steps = make_dream(game, config)
+    max_steps = game_max_steps if max_steps is None else max_steps
+    params = env.make_params(model_params, initial_mu, initial_logvar, temperature, max_steps)
+    return env.with_params(params), params
 
 
 def render(vae_params: Any, z: jax.Array) -> jax.Array:

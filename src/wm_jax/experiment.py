@@ -185,10 +185,8 @@ def run(
     config = build_config(experiment, scale, seed, overrides or [])
     run_dir = Path(run_dir or Path("runs") / f"{experiment}-{scale}")
     with run_folder.held(run_dir):
-        print(
-            f"{experiment} at scale {scale} in {run_dir}: {expected_wall_time(experiment, scale)}",
-            flush=True,
-        )
+        wall_time = expected_wall_time(experiment, scale, config.iterate.iterations)
+        print(f"{experiment} at scale {scale} in {run_dir}: {wall_time}", flush=True)
         prepare_run_dir(run_dir, config)
         results = run_config(config, run_dir, stages, progress)
         if config.iterate.iterations:

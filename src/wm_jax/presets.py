@@ -235,18 +235,23 @@ def preset(
     return validate(config)
 
 
-# Measured end to end on a 2-core CPU (experiments/README.md has the stage times).
-_WALL_TIMES = {
-    ("doom_take_cover", "small"): "about 1.5 h (73 min, then 23 min for the §5 iteration)",
-    ("car_racing", "small"): "about 75 min (and about 30 min per §5 round)",
+# Measured end to end on a 2-core CPU (experiments/README.md has the stage times): minutes for
+# the first C's pipeline, and for each §5 round after it.
+_WALL_MINUTES = {
+    ("doom_take_cover", "small"): (73, 23),
+    ("car_racing", "small"): (75, 30),
 }
 
 
-def expected_wall_time(experiment: str, scale: str) -> str:
+def expected_wall_time(experiment: str, scale: str, iterations: int = 0) -> str:
     """What the run should take on a 2-core CPU, as measured (or the scale's rough size)."""
     if scale == "smoke":
         return "expected wall time: a few minutes on a CPU"
     if scale == "paper":
         return "expected wall time: days on a CPU (the paper's scale; use a GPU or TPU)"
-    measured = _WALL_TIMES.get((experiment, scale), "not measured yet")
-    return f"expected wall time on a 2-core CPU: {measured}"
+    if (experiment, scale) not in _WALL_MINUTES:
+        return "expected wall time on a 2-core CPU: not measured yet"
+    first, per_round = _WALL_MINUTES[experiment, scale]
+    total = first + iterations * per_round
+    rounds = f", {first} min then {per_round} min per §5 round × {iterations}" if iterations else ""
+    return f"expected wall time on a 2-core CPU: about {total} min{rounds}"
