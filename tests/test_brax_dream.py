@@ -32,35 +32,39 @@ def test_adapter_steps_like_the_dream():
     assert state.done.dtype == jnp.float32 and int(state.pipeline_state.time) == 1
 
 
-def test_compat_shim_is_idempotent_and_replicates():
-    brax_dream.install_jax_compat()
-    assert not brax_dream.install_jax_compat()  # already there: nothing replaced
-    tree = {"w": jnp.arange(3.0)}
-    out = jax.device_put_replicated(tree, jax.local_devices()[:1])
-    np.testing.assert_array_equal(out["w"], [[0.0, 1.0, 2.0]])
+def test_compat_shim_replicates_inside_its_block_and_leaves_jax_as_it_was():
+    had = hasattr(jax, "device_put_replicated")
+    with brax_dream.jax_compat() as added:
+        assert added is not had
+        with brax_dream.jax_compat() as added_again:
+            assert not added_again  # already there: nothing replaced
+        tree = {"w": jnp.arange(3.0)}
+        out = jax.device_put_replicated(tree, jax.local_devices()[:1])
+        np.testing.assert_array_equal(out["w"], [[0.0, 1.0, 2.0]])
+    assert hasattr(jax, "device_put_replicated") is had
 
 
 def test_brax_ppo_trains_in_the_dream():
-    brax_dream.install_jax_compat()  # brax 0.14.2 PPO calls jax.device_put_replicated
     tiny = functools.partial(
         ppo_networks.make_ppo_networks,
         policy_hidden_layer_sizes=(8,),
         value_hidden_layer_sizes=(8,),
     )
     num_envs, unroll_length, iterations = 8, 10, 2
-    _, params, metrics = ppo.train(
-        environment=make_env(),
-        num_timesteps=num_envs * unroll_length * iterations,
-        episode_length=50,
-        num_envs=num_envs,
-        batch_size=8,
-        num_minibatches=1,
-        unroll_length=unroll_length,
-        num_updates_per_batch=1,
-        num_evals=1,
-        run_evals=False,
-        network_factory=tiny,
-        seed=0,
-    )
+    with brax_dream.jax_compat():  # brax 0.14.2 PPO calls jax.device_put_replicated
+        _, params, metrics = ppo.train(
+            environment=make_env(),
+            num_timesteps=num_envs * unroll_length * iterations,
+            episode_length=50,
+            num_envs=num_envs,
+            batch_size=8,
+            num_minibatches=1,
+            unroll_length=unroll_length,
+            num_updates_per_batch=1,
+            num_evals=1,
+            run_evals=False,
+            network_factory=tiny,
+            seed=0,
+        )
     assert metrics["training/sps"] > 0
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))

@@ -1,9 +1,9 @@
 """The dream as a brax `Env`, so brax's trainers (PPO, SAC, ES, ...) can train in it.
 
     env = BraxDream(dream_env, dream_params)
-    install_jax_compat()   # brax 0.14.2 PPO on jax >= 0.10
-    make_policy, params, metrics = brax.training.agents.ppo.train.train(
-        environment=env, episode_length=2100, ...)
+    with jax_compat():   # brax 0.14.2 PPO on jax >= 0.10; jax is left as it was after
+        make_policy, params, metrics = brax.training.agents.ppo.train.train(
+            environment=env, episode_length=2100, ...)
 
 M's weights are held by the adapter (brax envs carry their system the same way); `done` is M's
 termination only, and brax's `EpisodeWrapper(episode_length)` provides truncation, so PPO's
@@ -20,6 +20,9 @@ the constructor, which accepts and ignores a physics backend:
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -91,31 +94,36 @@ class BraxDream(Env):
         return "dream"
 
 
-def install_jax_compat() -> bool:
-    """Give jax back `device_put_replicated` if it is missing; True if it was installed.
+def _device_put_replicated(x, devices):
+    """Stack `x` once per device along a new leading axis, one slice on each (pmap input)."""
+    devices = list(devices)
+    mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+
+    def put(leaf):
+        leaf = jnp.asarray(leaf)
+        shards = [jax.device_put(leaf[None], device) for device in devices]
+        return jax.make_array_from_single_device_arrays(
+            (len(devices), *leaf.shape), sharding, shards
+        )
+
+    return jax.tree.map(put, x)
+
+
+@contextlib.contextmanager
+def jax_compat() -> Iterator[bool]:
+    """Inside the block, jax has `device_put_replicated` again; yields True if it was added.
 
     brax 0.14.2's PPO (`training/agents/ppo/train.py`, `training/pmap.py`) calls
-    `jax.device_put_replicated`, which jax 0.10 removed. This is the only shim in the package;
-    it does nothing on a jax that still has the function, and can be dropped once brax stops
-    calling it.
+    `jax.device_put_replicated`, which jax 0.10 removed. The function is put back only for the
+    block and removed after it, so the rest of the process sees jax as installed; on a jax that
+    still has it nothing changes. Drop this once brax stops calling it.
     """
-    if hasattr(jax, "device_put_replicated"):
-        return False
-
-    def device_put_replicated(x, devices):
-        """Stack `x` once per device along a new leading axis, one slice on each (pmap input)."""
-        devices = list(devices)
-        mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
-
-        def put(leaf):
-            leaf = jnp.asarray(leaf)
-            shards = [jax.device_put(leaf[None], device) for device in devices]
-            return jax.make_array_from_single_device_arrays(
-                (len(devices), *leaf.shape), sharding, shards
-            )
-
-        return jax.tree.map(put, x)
-
-    jax.device_put_replicated = device_put_replicated
-    return True
+    added = not hasattr(jax, "device_put_replicated")
+    if added:
+        jax.device_put_replicated = _device_put_replicated
+    try:
+        yield added
+    finally:
+        if added:
+            del jax.device_put_replicated
