@@ -1,8 +1,23 @@
 """Fixtures shared by test files."""
 
-import pytest
+import atexit
+import os
+import shutil
+import tempfile
 
-from wm_jax import runtime
+# One persistent XLA compilation cache for the session, fresh each time (nothing stale carries
+# over between runs): the suite builds the same programs many times (every smoke pipeline, each
+# resume of the kill-anywhere tests, worker processes, which read these variables too), and a
+# program compiled once is then read back instead of compiled again. Set before jax is imported.
+_CACHE = tempfile.mkdtemp(prefix="wm_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import pytest  # noqa: E402
+
+from wm_jax import runtime  # noqa: E402
 
 runtime.tune_malloc()  # the suite runs XLA:CPU as the entry points do (faster: no page faults)
 

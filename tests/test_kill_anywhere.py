@@ -60,14 +60,44 @@ def _in(folder):
     return lambda directory, *a, **k: os.sep + folder in str(directory)
 
 
-def test_interrupted_anywhere_and_resumed_gives_the_same_numbers(
+def _sigkill_during_v(run_dir):
+    """Start the runner in a child process and SIGKILL it once V has written a checkpoint."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from wm_jax import experiment
+        sys.exit(experiment.main(["{EXPERIMENT}", "--scale", "smoke", "--run-dir",
+                                  "{run_dir}", "--no-progress"]))
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    for line in child.stdout:
+        if "[train_vae] running" in line:
+            break
+    deadline = time.time() + 120  # kill once V has written a checkpoint, mid-stage
+    v_dir = run_dir / "checkpoints" / "vae"
+    while checkpoint.latest_step(v_dir) is None and time.time() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert checkpoint.latest_step(v_dir) is not None
+    assert not run_folder.record_path(run_dir, "train_vae").exists()
+
+
+def test_killed_and_interrupted_anywhere_then_resumed_gives_the_same_numbers(
     tmp_path, monkeypatch, uninterrupted
 ):
+    # One folder, killed or interrupted at every moment below in turn (each resume picks up
+    # where the last attempt stopped), then one plain run: the numbers of a run never stopped.
     run_dir = tmp_path / "run"
+    _sigkill_during_v(run_dir)  # a real SIGKILL mid-V, no handler runs
     save, write_json = checkpoint.save, checkpoint.atomic_write_json
     moments = [
-        # V: just after its second checkpoint (the steps after it are lost and redone).
-        ("save", _Interrupt(save, 2, _in("vae"))),
+        # V (resumed after the kill): just after its next checkpoint (the steps after it are
+        # lost and redone).
+        ("save", _Interrupt(save, 1, _in("vae"))),
         # M: inside its first checkpoint write, before meta.json marks it complete.
         ("write", _Interrupt(write_json, 1, lambda p, *a: "mdn_rnn" in str(p), after=False)),
         # M again: after its second checkpoint.
@@ -93,31 +123,3 @@ def test_interrupted_anywhere_and_resumed_gives_the_same_numbers(
     for stage in experiment.cfg.STAGES:
         assert run_folder.is_current(run_dir, stage, experiment.UPSTREAM[stage])
         assert not run_folder.record_path(run_dir, stage, "started").exists()
-
-
-def test_sigkill_during_v_then_resume_gives_the_same_numbers(tmp_path, uninterrupted):
-    run_dir = tmp_path / "run"
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from wm_jax import experiment
-        sys.exit(experiment.main(["{EXPERIMENT}", "--scale", "smoke", "--run-dir",
-                                  "{run_dir}", "--no-progress"]))
-        """
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    for line in child.stdout:
-        if "[train_vae] running" in line:
-            break
-    deadline = time.time() + 120  # kill once V has written a checkpoint, mid-stage
-    v_dir = run_dir / "checkpoints" / "vae"
-    while checkpoint.latest_step(v_dir) is None and time.time() < deadline:
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
-    assert checkpoint.latest_step(v_dir) is not None
-    assert not run_folder.record_path(run_dir, "train_vae").exists()
-    experiment.run(EXPERIMENT, "smoke", run_dir, progress=False)
-    assert _numbers(run_dir) == uninterrupted
