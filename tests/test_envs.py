@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 
 from wm_jax.envs import car_racing, doom, game_spec, games, make_env, minatar, random_policy
-from wm_jax.envs.base import discretise, resize_frame
+from wm_jax.envs.base import check_action, discretise, resize_frame
+
+
+def _sizes(spec):
+    return (spec.action_dim, spec.max_steps, spec.latent_dim, spec.hidden_size, spec.mirror_signs)
 
 
 def test_registry():
-    assert set(games()) >= {"car_racing", "doom_take_cover", "minatar_breakout"}
-    assert game_spec("car_racing")[1:] == (3, 1000, 32, 256, None)  # not mirror-symmetric
-    assert game_spec("doom_take_cover")[1:] == (1, 2100, 64, 512, (-1.0,))
+    assert set(games()) >= {"car_racing", "doom_take_cover", "minatar_breakout", "minatar_asterix"}
+    assert _sizes(game_spec("car_racing")) == (3, 1000, 32, 256, None)  # not mirror-symmetric
+    assert _sizes(game_spec("doom_take_cover")) == (1, 2100, 64, 512, (-1.0,))
     with pytest.raises(ValueError, match="unknown game 'pong'"):
         make_env("pong")
 
@@ -64,6 +68,18 @@ def test_car_racing_action_mapping():
     assert car_racing.game_action(np.zeros(3)).dtype == np.float32
     with pytest.raises(ValueError, match="shape"):
         car_racing.game_action([0.0, 0.0])
+
+
+@pytest.mark.parametrize("shape", [(), (1, 1), (2,), (1, 2)])
+def test_actions_of_the_wrong_shape_are_refused_naming_the_expected_one(shape):
+    # A batch (1, A) or a bare scalar used to be flattened and played.
+    with pytest.raises(ValueError, match=r"shape \(1,\), got shape"):
+        check_action(np.zeros(shape), 1)
+    with pytest.raises(ValueError, match=r"shape \(1,\)"):
+        doom.game_action(np.zeros(shape))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        car_racing.game_action(np.zeros((1, *shape, 3)))
+    assert check_action(np.array([0.5]), 1).shape == (1,)
 
 
 def test_doom_action_mapping():
@@ -174,6 +190,39 @@ def test_minatar_render_known_observation():
         frame[8:26, 2:62], np.broadcast_to(minatar.PALETTE[4], (18, 60, 3))
     )
     assert (frame[:2] == 0).all() and (frame[:, -2:] == 0).all()
+
+
+def test_minatar_draws_each_channel_in_its_palette_colour():
+    num_channels = 7  # Freeway; Breakout and Asterix have 4, Seaquest 10
+    obs = jnp.zeros((10, 10, num_channels))
+    for channel in range(num_channels):
+        obs = obs.at[0, channel, channel].set(1.0)
+    frame = np.asarray(minatar.render(obs))
+    for channel in range(num_channels):  # cell (0, channel) at pixels 2 + 6 * channel
+        np.testing.assert_array_equal(frame[2, 2 + 6 * channel], minatar.PALETTE[channel + 1])
+    with pytest.raises(ValueError, match="channels"):
+        minatar.render(jnp.zeros((10, 10, len(minatar.PALETTE))))
+
+
+def test_minatar_asterix_plays_its_five_actions():
+    env = make_env("minatar_asterix", max_steps=20)
+    assert (env.name, env.game.env_id, env.game.num_actions) == (
+        "minatar_asterix",
+        "Asterix-MinAtar",
+        5,
+    )
+    fixed = dict(game_spec("minatar_asterix").fixed_actions)
+    bins = [int(minatar.discretise(jnp.asarray(a), 5)) for a in fixed.values()]
+    assert bins == [0, 1, 2, 3, 4]  # gymnax's minimal action set: noop, left, up, right, down
+    frames, _, _ = _play(env, 2, [np.asarray(fixed["up"])] * 25)
+    colours = {tuple(c) for c in frames.reshape(-1, 3).tolist()}
+    assert tuple(minatar.PALETTE[1]) in colours  # the player
+    assert colours <= {tuple(c) for c in minatar.PALETTE[:5].tolist()}
+    with pytest.raises(ValueError, match=r"shape \(1,\)"):
+        env.step(np.zeros((1, 1)))
+    env.close()
+    again = make_env("minatar_asterix")  # another env (the probe makes one per action)
+    assert again._step is env._step  # compiles nothing again: one jitted step per process
 
 
 def test_minatar_jit_vmap_scan_matches_real_env():

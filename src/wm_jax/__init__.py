@@ -2,7 +2,11 @@
 
 V (`wm_jax.vae`) compresses frames to z, M (`wm_jax.mdn_rnn`) predicts the next z, C
 (`wm_jax.controller`) acts on [z, h]; `wm_jax.dream` turns M into a jittable environment and
-`wm_jax.evolve` trains C with CMA-ES in it.
+`wm_jax.evolve` trains C with CMA-ES in it. A game is one call, `wm_jax.register_game(spec)`
+(`wm_jax.envs.registry`).
 """
 
+from wm_jax.envs.registry import GameSpec, minatar_spec, register_game
+
 __version__ = "0.1.0"
+__all__ = ["GameSpec", "minatar_spec", "register_game"]

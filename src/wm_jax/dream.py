@@ -43,23 +43,20 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from wm_jax import envs, mdn_rnn, vae
+from wm_jax import mdn_rnn, vae
+from wm_jax.envs import registry
 
-REWARD_KINDS = ("survival", "model")
+REWARD_KINDS = registry.REWARD_KINDS
 
-# Per game: (reward kind, controller inputs); step caps come from `wm_jax.envs.game_spec`
-# (Doom TakeCover 2,100 frames, World Models, Appendix; CarRacing 1,000 steps).
-GAMES = {
-    "doom_take_cover": ("survival", ("z", "c", "h")),
-    # Not in the paper (it trained CarRacing's C in the real game): M's reward head pays, and
-    # with predict_done the episode ends at M's done, so leaving the playfield costs its -100
-    # once, as in the game. That needs data that records the game's done (`wm_jax.envs.collect`
-    # does; `done_records.require_done_records` refuses older stores): an M trained on the World
-    # Models code's full 1,000-frame rollouts never ends a dream and pays -100 every later step.
-    "car_racing": ("model", ("z", "h")),
-    # Not in the paper: the JAX-native demo; M must predict reward and done (its presets do).
-    "minatar_breakout": ("model", ("z", "h")),
-}
+# Per game: (reward kind, controller inputs), a view of each game's `GameSpec` (dream_reward,
+# controller_inputs); step caps are the spec's max_steps (Doom TakeCover 2,100 frames, World
+# Models, Appendix; CarRacing 1,000 steps). CarRacing's "model" reward is not in the paper (it
+# trained CarRacing's C in the real game): M's reward head pays, and with predict_done the
+# episode ends at M's done, so leaving the playfield costs its -100 once, as in the game. That
+# needs data that records the game's done (`wm_jax.envs.collect` does;
+# `done_records.require_done_records` refuses older stores): an M trained on the World Models
+# code's full 1,000-frame rollouts never ends a dream and pays -100 every later step.
+GAMES = registry.Table(lambda spec: (spec.dream_reward, spec.controller_inputs))
 
 
 class DreamNotTrainableError(ValueError):
@@ -260,22 +257,22 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
 
 
 def make_dream(game: str, config: mdn_rnn.MDNRNNConfig) -> tuple[DreamEnv, int]:
-    """The dream of `game` ("doom_take_cover" or "car_racing") and its step cap.
+    """The dream of a registered `game` (e.g. "doom_take_cover") and its step cap.
 
     Raises:
-      DreamNotTrainableError: CarRacing with an M that has no reward head.
+      DreamNotTrainableError: a game whose dream pays M's reward (CarRacing, MinAtar) with an M
+        that has no reward head.
     """
-    if game not in GAMES:
-        raise ValueError(f"no dream for game {game!r}; known: {sorted(GAMES)}")
-    reward, inputs = GAMES[game]
-    if reward == "model" and not config.predict_reward:
+    spec = registry.game_spec(game)
+    if spec.dream_reward == "model" and not config.predict_reward:
         raise DreamNotTrainableError(
             f"cannot train {game} in the dream: its M has no reward head "
             "(MDNRNNConfig.predict_reward=False), so the dream has no reward to maximise. "
             "Train M with predict_reward=True, or evolve the controller in the real game "
             "(wm_jax.evolve_real.train_in_real), as the paper did."
         )
-    return DreamEnv(config, reward=reward, inputs=inputs), envs.game_spec(game).max_steps
+    env = DreamEnv(config, reward=spec.dream_reward, inputs=spec.controller_inputs)
+    return env, spec.max_steps
 
 
 def make(

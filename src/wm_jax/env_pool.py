@@ -82,8 +82,13 @@ class EnvPool:
 
     @classmethod
     def for_game(cls, game: str, num_workers: int, **env_kwargs) -> EnvPool:
-        """A pool of `wm_jax.envs.make_env(game, **env_kwargs)`."""
-        return cls(functools.partial(envs.make_env, game, **env_kwargs), num_workers)
+        """A pool of `wm_jax.envs.make_env(game, **env_kwargs)`.
+
+        Workers get the game's whole `GameSpec` (registered there), not its name, so a game
+        registered only in this process plays in them too.
+        """
+        spec = envs.game_spec(game)
+        return cls(functools.partial(envs.make_env, spec, **env_kwargs), num_workers)
 
     def _launch(self, slot: int) -> None:
         parent, child = self._context.Pipe()

@@ -157,7 +157,10 @@ def _dream_eval(key, env, env_params, c_config, flat, num_episodes, max_steps, c
 
 
 def evaluate_random_policy(
-    game: str, num_episodes: int = 20, seed_offset: int = EVAL_SEED_OFFSET
+    game: str,
+    num_episodes: int = 20,
+    seed_offset: int = EVAL_SEED_OFFSET,
+    max_steps: int | None = None,
 ) -> EvaluationResult:
     """The baseline: the game's random-rollout policy (the one V and M's data was collected
     with), on the evaluation's first `num_episodes` seeds, one episode at a time in this process.
@@ -166,7 +169,7 @@ def evaluate_random_policy(
 
     spec, factory = game_spec(game), random_policy(game)
     seeds = seed_offset + np.arange(num_episodes)
-    return play_in_process(game, lambda seed: factory(spec, seed), seeds)
+    return play_in_process(game, lambda seed: factory(spec, seed), seeds, max_steps)
 
 
 def play_in_process(

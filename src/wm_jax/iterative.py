@@ -70,7 +70,7 @@ def load_parent(run_dir: Path) -> tuple[cfg.ExperimentConfig, int]:
         raise cfg.ConfigError(
             f"{run_dir} trains C in the real game (controller.train_in="
             f"{config.controller.train_in}); the iterative procedure retrains C in M's dream and "
-            "needs controller.train_in=dream (doom_take_cover, minatar_breakout, or car_racing "
+            "needs controller.train_in=dream (doom_take_cover, the MinAtar games, or car_racing "
             "with --set controller.train_in=dream --set mdn_rnn.predict_reward=true "
             "--set mdn_rnn.predict_done=true)"
         )
@@ -132,13 +132,16 @@ def warm_start_es(config: cfg.ExperimentConfig, paths, previous, iteration: int)
 
 def collect_new(config, paths, previous, iteration: int, episodes: int, noise: float, progress):
     """Iteration k's data: k-1's episodes linked, plus `episodes` played by k-1's controller."""
+    from wm_jax import stages
     from wm_jax.controller_policy import ControllerPolicy
     from wm_jax.data import EpisodeStore, episode_path
     from wm_jax.envs.collect import collect
 
     linked = links.link_store(previous.episodes, paths.episodes)
     staging = paths.root / "data" / "new_episodes"
-    policy = ControllerPolicy.from_run(config, previous, noise=noise)
+    policy = stages.collection_policy(
+        config, ControllerPolicy.from_run(config, previous, noise=noise)
+    )
     summary = collect(
         config.game,
         staging,

@@ -21,23 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from wm_jax import dream_rollout
+from wm_jax.envs import registry
 
-# Fixed actions worth probing, as controller outputs in [-1, 1] (see each game's wrapper).
-# CarRacing: steer = x0, gas = (x1 + 1) / 2, brake = clip(x2, 0, 1). In the game none of these
-# follows the road for long, and standing still (idle, brake) pays -0.1 a frame.
-FIXED_ACTIONS: dict[str, dict[str, tuple[float, ...]]] = {
-    "doom_take_cover": {"left": (-1.0,), "stay": (0.0,), "right": (1.0,)},  # thirds
-    "minatar_breakout": {"left": (-1.0,), "noop": (0.0,), "right": (1.0,)},
-    "car_racing": {
-        "idle": (0.0, -1.0, 0.0),
-        "straight, full gas": (0.0, 1.0, 0.0),
-        "left, half gas": (-1.0, 0.0, 0.0),
-        "right, half gas": (1.0, 0.0, 0.0),
-        "brake": (0.0, -1.0, 1.0),
-    },
-}
-# Real episodes per action in the report: CarRacing plays up to 1,000 frames at ~350 frames/s.
-REPORT_EPISODES = {"car_racing": 3}
+# Fixed actions worth probing, as controller outputs in [-1, 1]: a view of each game's
+# `GameSpec.fixed_actions` (see the specs in `wm_jax.envs.registry`), and the real episodes per
+# action in the report (`GameSpec.probe_episodes`: CarRacing plays up to 1,000 frames at ~350
+# frames/s).
+FIXED_ACTIONS = registry.Table(lambda spec: dict(spec.fixed_actions))
+REPORT_EPISODES = registry.Table(lambda spec: spec.probe_episodes)
 SEED_OFFSET = 20_000_000  # real-game seeds of the probe, apart from training and evaluation
 
 
@@ -115,7 +106,7 @@ def probe(config, paths, episodes: int = 20, max_steps: int | None = None) -> li
     env_params = env_params.replace(max_steps_in_episode=jnp.asarray(max_steps, jnp.int32))
     key = jax.random.fold_in(jax.random.key(config.seed), SEED_OFFSET)
     rows = []
-    for i, (name, action) in enumerate(FIXED_ACTIONS[config.game].items()):
+    for i, (name, action) in enumerate(registry.game_spec(config.game).fixed_actions):
         in_dream, dream_lengths = dream_episodes(
             jax.random.fold_in(key, i), env, env_params, action, episodes
         )

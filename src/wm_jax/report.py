@@ -279,7 +279,7 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
     if config.mdn_rnn.predict_done or config.mdn_rnn.predict_reward:
         from wm_jax import probe  # plays the real game: only for dreams that pay something
 
-        episodes = min(probe.REPORT_EPISODES.get(config.game, 20), config.evaluate.episodes)
+        episodes = min(probe.REPORT_EPISODES[config.game], config.evaluate.episodes)
         fixed_actions = probe.probe(config, paths, episodes=episodes)
 
     wall = results.get("wall_time_s", {})

@@ -30,7 +30,7 @@ from wm_jax.config import ExperimentConfig
 from wm_jax.data import EpisodeStore, encode_store, frame_batches, load_encoded, sequence_batches
 from wm_jax.data.done_records import require_done_records
 from wm_jax.data.store import NoEpisodesError
-from wm_jax.envs import game_spec
+from wm_jax.envs import DriverMix, game_spec, random_policy
 from wm_jax.envs.collect import collect as collect_episodes
 from wm_jax.run_folder import RunPaths
 
@@ -49,6 +49,13 @@ def _stage_key(config: ExperimentConfig, stage: str) -> jax.Array:
 # collect
 
 
+def collection_policy(config: ExperimentConfig, base: Any) -> Any:
+    """`base` (a PolicyFactory), or a mix with the game's driver (`collect.driver_fraction`)."""
+    if config.collect.driver_fraction == 0:
+        return base
+    return DriverMix(base, game_spec(config.game).driver, config.collect.driver_fraction)
+
+
 def collect(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any]:
     """Random rollouts in the real game (resumable: stored episodes are skipped)."""
     summary = collect_episodes(
@@ -60,6 +67,7 @@ def collect(config: ExperimentConfig, paths: RunPaths, progress: bool = True) ->
         max_frames=config.collect.max_frames,
         min_frames=config.collect.min_frames,
         progress=progress,
+        policy=collection_policy(config, random_policy(config.game)),
     )
     store = EpisodeStore(paths.episodes)
     if len(store) == 0:
@@ -200,16 +208,14 @@ def load_mdn_rnn(config: ExperimentConfig, paths: RunPaths) -> Any:
 
 def controller_config(config: ExperimentConfig) -> controller.ControllerConfig:
     """C for this experiment: the paper's [z, h] (Doom [z, c, h]) or a V-only baseline."""
-    kind = config.controller.kind
-    doom = config.game == "doom_take_cover"
-    inputs = ("z",) if kind != "linear_zh" else (("z", "c", "h") if doom else ("z", "h"))
+    kind, spec = config.controller.kind, game_spec(config.game)
     return controller.ControllerConfig(
         kind=kind,
-        inputs=inputs,
+        inputs=spec.controller_inputs if kind == "linear_zh" else ("z",),
         latent_dim=config.vae.latent_dim,
         hidden_size=config.mdn_rnn.hidden_size,
         action_dim=config.mdn_rnn.action_dim,
-        use_bias=not doom,  # World Models, Appendix: Doom's 1,088 weights have no bias
+        use_bias=spec.controller_bias,  # World Models, Appendix: Doom's 1,088 weights, no bias
     )
 
 
@@ -342,6 +348,7 @@ def evaluate(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -
         flat,
         config.evaluate.episodes,
         num_workers=_workers(config.evaluate.workers),
+        max_steps=config.evaluate.max_steps or None,
         progress=progress,
         record_path=paths.evaluation_episodes,
     )
@@ -355,7 +362,9 @@ def evaluate(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -
         "seeds": [int(s) for s in result.seeds],
     }
     # The baseline beside it, on the first of the same seeds (tracks / levels).
-    baseline = evaluation.evaluate_random_policy(config.game, min(20, config.evaluate.episodes))
+    baseline = evaluation.evaluate_random_policy(
+        config.game, min(20, config.evaluate.episodes), max_steps=config.evaluate.max_steps or None
+    )
     summary["random_policy"] = {
         "episodes": len(baseline.returns),
         "mean": baseline.mean,

@@ -1,33 +1,28 @@
-"""One interface for the real games: `RealEnv`, the game registry and frame preprocessing.
+"""One interface for the real games: `RealEnv`, action checks and frame preprocessing.
 
-Games are registered by import path so that importing `wm_jax.envs` loads neither gymnasium,
-ViZDoom nor JAX; `make_env` imports the game's module on first use.
+The registry of games (`GameSpec`, `register_game`, `make_env`) lives in `wm_jax.envs.registry`
+and is re-exported here.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
+from wm_jax.envs.registry import (  # noqa: F401  (re-exported: the games' modules import them)
+    GameSpec,
+    game_spec,
+    games,
+    make_env,
+    random_policy,
+    register_game,
+)
+
 FRAME_SIZE = 64
 FRAME_SHAPE = (FRAME_SIZE, FRAME_SIZE, 3)
-
-
-class GameSpec(NamedTuple):
-    """What the rest of the library needs to know about a game."""
-
-    name: str
-    action_dim: int  # controller outputs, each in [-1, 1]
-    max_steps: int  # episode cap
-    latent_dim: int  # V's z size (World Models, Appendix)
-    hidden_size: int  # M's LSTM size
-    # Controller-output sign flips that mirror an action left-right (None: the game is not
-    # mirror-symmetric, e.g. CarRacing's tracks all run one way round).
-    mirror_signs: tuple[float, ...] | None = None
 
 
 @runtime_checkable
@@ -61,51 +56,6 @@ Policy = Callable[[np.ndarray], np.ndarray]
 PolicyFactory = Callable[[GameSpec, int], Policy]
 
 
-class _Game(NamedTuple):
-    spec: GameSpec
-    env_path: str  # "module:attribute" of the RealEnv class
-    random_policy_path: str  # "module:attribute" of the random-rollout PolicyFactory
-
-
-_REGISTRY: dict[str, _Game] = {}
-
-
-def register(spec: GameSpec, env_path: str, random_policy_path: str) -> None:
-    """Adds a game under `spec.name`; paths are "module:attribute", imported on first use."""
-    _REGISTRY[spec.name] = _Game(spec, env_path, random_policy_path)
-
-
-def games() -> list[str]:
-    """Names of the registered games."""
-    return sorted(_REGISTRY)
-
-
-def _entry(game: str) -> _Game:
-    if game not in _REGISTRY:
-        raise ValueError(f"unknown game {game!r}; registered: {', '.join(games())}")
-    return _REGISTRY[game]
-
-
-def _load(path: str) -> Any:
-    module, attribute = path.split(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
-def game_spec(game: str) -> GameSpec:
-    """The `GameSpec` of a registered game."""
-    return _entry(game).spec
-
-
-def make_env(game: str, **kwargs: Any) -> RealEnv:
-    """Builds a registered game, e.g. make_env("doom_take_cover") or make_env("car_racing")."""
-    return _load(_entry(game).env_path)(**kwargs)
-
-
-def random_policy(game: str) -> PolicyFactory:
-    """The game's random-rollout policy factory (World Models §A: data from random rollouts)."""
-    return _load(_entry(game).random_policy_path)
-
-
 def resize_frame(frame: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
     """Resizes an (H, W, 3) uint8 frame to (size, size, 3) uint8.
 
@@ -120,10 +70,16 @@ def resize_frame(frame: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
 
 
 def check_action(action: np.ndarray, action_dim: int) -> np.ndarray:
-    """Validates a controller output and clips it to [-1, 1]; returns float32 (action_dim,)."""
-    action = np.asarray(action, dtype=np.float32).reshape(-1)
+    """Validates a controller output and clips it to [-1, 1]; returns float32 (action_dim,).
+
+    Only shape (action_dim,) is taken: flattening (1, A) or (A, 1) would hide a caller that
+    mixed up a batch of actions with one action.
+    """
+    action = np.asarray(action, dtype=np.float32)
     if action.shape != (action_dim,):
-        raise ValueError(f"expected an action of shape ({action_dim},), got {action.shape}")
+        raise ValueError(
+            f"expected a controller output of shape ({action_dim},), got shape {action.shape}"
+        )
     if not np.all(np.isfinite(action)):
         raise ValueError(f"action is not finite: {action}")
     return np.clip(action, -1.0, 1.0)
@@ -139,25 +95,34 @@ def discretise(x: float, num_actions: int) -> int:
     return min(max(index, 0), num_actions - 1)
 
 
-register(
-    GameSpec("car_racing", action_dim=3, max_steps=1000, latent_dim=32, hidden_size=256),
-    "wm_jax.envs.car_racing:CarRacingEnv",
-    "wm_jax.envs.car_racing:RandomWalkPolicy",
-)
-register(
-    GameSpec(
-        "doom_take_cover",
-        action_dim=1,
-        max_steps=2100,
-        latent_dim=64,
-        hidden_size=512,
-        mirror_signs=(-1.0,),  # thirds: left <-> right, stay stays; the room is symmetric
-    ),
-    "wm_jax.envs.doom:DoomTakeCoverEnv",
-    "wm_jax.envs.doom:HeldRandomPolicy",
-)
-register(
-    GameSpec("minatar_breakout", action_dim=1, max_steps=1000, latent_dim=32, hidden_size=256),
-    "wm_jax.envs.minatar:MinAtarEnv",
-    "wm_jax.envs.minatar:UniformRandomPolicy",
-)
+class UniformRandomPolicy:
+    """A fresh uniform random controller output every frame (NumPy only: workers stay light)."""
+
+    def __init__(self, spec: GameSpec, seed: int):
+        self._rng = np.random.default_rng(seed)
+        self._action_dim = spec.action_dim
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        del frame
+        return self._rng.uniform(-1.0, 1.0, self._action_dim).astype(np.float32)
+
+
+class DriverMix:
+    """PolicyFactory: each episode is played by the game's heuristic driver (`GameSpec.driver`)
+    with probability `fraction`, else by `base` (the random policy, or C while iterating).
+
+    The choice is drawn from the episode's policy seed, so it does not depend on workers or
+    shards, and a rerun plays the same episodes. Picklable: it holds a factory and a path.
+    """
+
+    def __init__(self, base: PolicyFactory, driver: str, fraction: float):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"driver fraction must be in [0, 1], got {fraction}")
+        self.base, self.driver, self.fraction = base, driver, float(fraction)
+
+    def __call__(self, spec: GameSpec, seed: int) -> Policy:
+        from wm_jax.envs.registry import load
+
+        if np.random.default_rng([seed, 1]).random() < self.fraction:
+            return load(self.driver)(spec, seed)
+        return self.base(spec, seed)

@@ -40,7 +40,7 @@ class CarRacingEnv:
             3x faster) or "stock" (gymnasium's own CarRacing).
         full_episode: ignore the game's own termination and run to `max_steps`, as the World
             Models code did when it collected rollouts (off the playfield, every later step then
-            pays -100). Our collection does not (see `wm_jax.envs.collect.DEFAULTS`).
+            pays -100). Our collection does not (see `wm_jax.envs.collect`).
         max_steps: episode cap (truncated=True at this step).
         **game_kwargs: passed to the CarRacing constructor (e.g. domain_randomize).
     """
@@ -69,6 +69,11 @@ class CarRacingEnv:
         self.full_episode = full_episode
         self._game = CarRacing(continuous=True, **game_kwargs)
         self._steps = 0
+
+    @property
+    def game(self):
+        """The gymnasium CarRacing underneath (track, car), read by `car_racing_driver`."""
+        return self._game
 
     def reset(self, seed: int) -> np.ndarray:
         frame, _ = self._game.reset(seed=int(seed))

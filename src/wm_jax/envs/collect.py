@@ -26,24 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from wm_jax.envs.base import PolicyFactory, game_spec, make_env, random_policy
+from wm_jax.envs.base import PolicyFactory
+from wm_jax.envs.registry import game_spec, games, make_env, random_policy
 
 log = logging.getLogger(__name__)
 
-# Per-game collection settings. Doom drops random episodes shorter than 100 frames (World
-# Models code). CarRacing deliberately deviates from the World Models code, which ran every
-# episode for the full 1,000 frames ignoring the game's done: an M trained on that data never
-# sees an episode end, so the dream keeps paying the -100 of leaving the playfield on every
-# later step (a dream-trained C then scored -45 ± 16 in the game). Episodes end where the game
-# ends them (left the playfield: -100 and done; every tile visited: done), as in evaluation;
-# `max_frames` only truncates. zlib level 6 costs Doom ~0.6 ms a frame, more than playing it,
-# for 4% less disk than level 3.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "car_racing": {"env_kwargs": {}, "min_frames": 0, "compresslevel": 6},
-    "doom_take_cover": {"env_kwargs": {}, "min_frames": 100, "compresslevel": 3},
-    "minatar_breakout": {"env_kwargs": {}, "min_frames": 0, "compresslevel": 6},
-}
-_FALLBACK = {"env_kwargs": {}, "min_frames": 0, "compresslevel": 6}
+# Per-game collection settings live in the game's `GameSpec` (min_frames, compresslevel). Doom
+# drops random episodes shorter than 100 frames (World Models code). CarRacing deliberately
+# deviates from the World Models code, which ran every episode for the full 1,000 frames
+# ignoring the game's done: an M trained on that data never sees an episode end, so the dream
+# keeps paying the -100 of leaving the playfield on every later step (a dream-trained C then
+# scored -45 ± 16 in the game). Episodes end where the game ends them (left the playfield: -100
+# and done; every tile visited: done), as in evaluation; `max_frames` only truncates.
 _MANIFEST_FLUSH_SECONDS = 5.0
 _MAX_FAILED_STARTS = 3  # a worker that dies this many times in a row before any result: give up
 
@@ -61,6 +55,8 @@ def run_episode(env, policy_factory: PolicyFactory, spec, seed: int, index: int,
     game_seed, policy_seed = episode_seeds(seed, index)
     policy = policy_factory(spec, policy_seed)
     frame = env.reset(game_seed)
+    if hasattr(policy, "bind"):  # a policy that reads the game's state (car_racing_driver)
+        policy.bind(env)
     frames, actions, rewards, dones = [], [], [], []
     for _ in range(max_frames):
         action = np.asarray(policy(frame), dtype=np.float32).reshape(spec.action_dim)
@@ -80,13 +76,17 @@ def run_episode(env, policy_factory: PolicyFactory, spec, seed: int, index: int,
 
 
 def _worker(
-    conn, game, env_kwargs, policy_factory, seed, out_dir, max_frames, min_frames, compresslevel
+    conn, spec, env_kwargs, policy_factory, seed, out_dir, max_frames, min_frames, compresslevel
 ):
-    """Worker process: receives episode indices, writes episode files, reports each one."""
+    """Worker process: receives episode indices, writes episode files, reports each one.
+
+    `spec` comes whole from the main process (and is registered here), so a game registered
+    only there plays here too.
+    """
     from wm_jax.data.store import write_episode_file
 
-    spec = game_spec(game)
-    env = make_env(game, **env_kwargs)
+    spec = game_spec(spec)
+    env = make_env(spec, **env_kwargs)
     conn.send(("ready", None, env.leftovers() if hasattr(env, "leftovers") else ([], [])))
     try:
         while (index := conn.recv()) is not None:
@@ -157,7 +157,7 @@ def collect(
         min_frames: shorter episodes are recorded as skipped, not stored, and stay skipped on a
             rerun (their seeds are fixed, so rerunning them would give the same length): the
             store then holds fewer than num_episodes, as the World Models code's data did.
-        env_kwargs: for `make_env` (default per game: `DEFAULTS`).
+        env_kwargs: for `make_env`, beside the spec's own `env_kwargs`.
 
     Returns:
         a summary: counts (requested, already_done, stored, skipped, failed), frames stored,
@@ -170,9 +170,8 @@ def collect(
     shard_index, num_shards = shard
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard must be (i, N) with 0 <= i < N, got {shard}")
-    defaults = DEFAULTS.get(game, _FALLBACK)
-    env_kwargs = defaults["env_kwargs"] if env_kwargs is None else env_kwargs
-    min_frames = defaults["min_frames"] if min_frames is None else min_frames
+    env_kwargs = {} if env_kwargs is None else env_kwargs
+    min_frames = spec.min_frames if min_frames is None else min_frames
     max_frames = spec.max_steps if max_frames is None else max_frames
     policy = random_policy(game) if policy is None else policy
 
@@ -180,7 +179,7 @@ def collect(
     meta = {"game": game, "seed": seed, "max_frames": max_frames, "min_frames": min_frames}
     # The format marker an M that predicts done requires (`done_records.require_done_records`):
     # CarRacingEnv's full_episode=True ignores the game's done, every other setting records it.
-    meta[RECORDS_DONE] = not env_kwargs.get("full_episode", False)
+    meta[RECORDS_DONE] = not (dict(spec.env_kwargs) | env_kwargs).get("full_episode", False)
     previous = store.read_meta()
     if previous:
         previous = previous | {RECORDS_DONE: records_done(previous)}  # unmarked: the old rule
@@ -202,8 +201,8 @@ def collect(
     run.summary |= {"requested": len(requested), "already_done": len(requested) - len(todo)}
     num_workers = min(workers or os.cpu_count() or 1, len(todo))
     run.summary["workers"] = num_workers
-    args = (game, env_kwargs, policy, seed, str(store.root), max_frames, min_frames)
-    args += (defaults["compresslevel"],)
+    args = (spec, env_kwargs, policy, seed, str(store.root), max_frames, min_frames)
+    args += (spec.compresslevel,)
     try:
         run.pool = [_Worker(args) for _ in range(num_workers)]
         last_flush = time.perf_counter()
@@ -328,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="python -m wm_jax.envs.collect", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("game", help="car_racing, doom_take_cover or minatar_breakout")
+    parser.add_argument("game", help=f"one of: {', '.join(games())}")
     parser.add_argument("--episodes", type=int, required=True, help="episode indices 0..N-1")
     parser.add_argument("--out", required=True, help="store folder (resumes if it exists)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes")

@@ -1,19 +1,27 @@
-"""A JAX-native game for fast tests and demos: a gymnax MinAtar game drawn as 64x64x3 frames.
+"""JAX-native games for fast tests and demos: gymnax MinAtar games drawn as 64x64x3 frames.
 
 `MinAtarGame` is functional (`reset(key, params)`, `step(key, state, action, params)`) so it
 jits, vmaps and scans; `MinAtarEnv` wraps it as a host-side `RealEnv` so the collection and data
-path can run on it too.
+path can run on it too. Each observation channel is drawn in its own palette colour, so every
+MinAtar game renders (Breakout and Asterix 4 channels, Freeway 7, Seaquest 10); a game is
+registered with `wm_jax.register_game(wm_jax.minatar_spec(name, env_id, actions))`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax.envs.base import FRAME_SIZE, GameSpec, check_action, game_spec
+from wm_jax.envs.base import (
+    FRAME_SIZE,
+    UniformRandomPolicy,  # noqa: F401  (its home before wm_jax.envs.base)
+    check_action,
+    game_spec,
+)
 
 CELL = 6  # pixels per MinAtar cell: 10 cells -> 60 pixels, padded to 64
 # Background, then one colour per observation channel (MinAtar games have at most 10).
@@ -47,6 +55,8 @@ class MinAtarStep(NamedTuple):
 def render(obs: jax.Array) -> jax.Array:
     """MinAtar observation (10, 10, C) -> (64, 64, 3) uint8; a later channel covers an earlier."""
     num_channels = obs.shape[-1]
+    if num_channels >= len(PALETTE):
+        raise ValueError(f"at most {len(PALETTE) - 1} channels have a colour, got {num_channels}")
     # Index of the last active channel, 0 where none is: picks a palette row per cell.
     priority = jnp.max((obs > 0) * jnp.arange(1, num_channels + 1), axis=-1)
     cells = jnp.asarray(PALETTE[: num_channels + 1])[priority]  # (10, 10, 3)
@@ -91,19 +101,36 @@ class MinAtarGame:
         )
 
 
+@functools.cache
+def _compiled(env_id: str) -> tuple[MinAtarGame, Any, Any]:
+    """One game and its jitted reset and step per process: a new env (the probe builds one per
+    fixed action, evaluation one for the random baseline) compiles nothing again; params are
+    traced, so another step cap reuses them too."""
+    game = MinAtarGame(env_id)
+    return game, jax.jit(game.reset), jax.jit(game.step)
+
+
 class MinAtarEnv:
-    """`MinAtarGame` as a host-side `RealEnv`, one jitted step at a time."""
+    """`MinAtarGame` as a host-side `RealEnv`, one jitted step at a time.
 
-    name = "minatar_breakout"
+    Args:
+      game: the registered name whose `GameSpec` gives the action size and step cap.
+      env_id: gymnax's id of the game.
+      max_steps: the episode cap (default: the spec's).
+    """
 
-    def __init__(self, env_id: str = "Breakout-MinAtar", max_steps: int | None = None):
-        spec = game_spec(self.name)
+    def __init__(
+        self,
+        game: str = "minatar_breakout",
+        env_id: str = "Breakout-MinAtar",
+        max_steps: int | None = None,
+    ):
+        spec = game_spec(game)
+        self.name = spec.name
         self.action_dim = spec.action_dim
         self.max_steps = spec.max_steps if max_steps is None else int(max_steps)
-        self.game = MinAtarGame(env_id)
+        self.game, self._reset, self._step = _compiled(env_id)
         self._params = self.game.default_params.replace(max_steps_in_episode=self.max_steps)
-        self._reset = jax.jit(self.game.reset)
-        self._step = jax.jit(self.game.step)
         self._key = self._state = None
 
     def reset(self, seed: int) -> np.ndarray:
@@ -114,8 +141,9 @@ class MinAtarEnv:
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
         if self._state is None:
             raise RuntimeError("call reset() before step()")
+        action = jnp.asarray(check_action(action, self.action_dim))
         self._key, key_step = jax.random.split(self._key)
-        out = self._step(key_step, self._state, jnp.asarray(check_action(action, 1)), self._params)
+        out = self._step(key_step, self._state, action, self._params)
         self._state = out.state
         return (
             np.asarray(out.final_frame),
@@ -126,15 +154,3 @@ class MinAtarEnv:
 
     def close(self) -> None:
         self._state = None
-
-
-class UniformRandomPolicy:
-    """A fresh uniform random controller output every frame."""
-
-    def __init__(self, spec: GameSpec, seed: int):
-        self._rng = np.random.default_rng(seed)
-        self._action_dim = spec.action_dim
-
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        del frame
-        return self._rng.uniform(-1.0, 1.0, self._action_dim).astype(np.float32)
