@@ -48,9 +48,11 @@ PARENT_STAGES = ("collect", "train_vae", "encode", "train_mdn_rnn", "train_contr
 # episodes are collected as the parent's were.
 _FROZEN_SECTIONS = {"vae", "vae_train", "mdn_rnn", "collect"}
 _FROZEN = {("controller", "kind"), ("controller", "train_in")}
-# Loss weights of M's heads change what M learns from the new data, not its shapes.
+# Loss weights of M's heads change what M learns from the new data, not its shapes; the
+# driver's share only changes who plays the new episodes (e.g. a round of driver data).
 _FREE_FIELDS = {
     ("collect", "workers"),
+    ("collect", "driver_fraction"),
     ("mdn_rnn", "reward_over_weight"),
     ("mdn_rnn", "done_pos_weight"),
 }
