@@ -230,3 +230,13 @@ def test_rerun_skips_a_finished_iteration_and_resumes_an_unfinished_one(iterated
     assert "[report] running" in out and "[collect] running" not in out
     assert checkpoint.latest_step(sub / "checkpoints" / "mdn_rnn") == m_step
     assert len(EpisodeStore(sub / "data" / "episodes")) == rows[1]["episodes"]
+
+
+def test_a_rounds_new_episodes_never_reuse_the_parents_indices():
+    from wm_jax.iterative import INDEX_OFFSET, new_block
+
+    assert new_block(list(range(150)), iteration=1) == 1  # the first round of a run
+    assert new_block([*range(150), INDEX_OFFSET + 3], iteration=2) == 2
+    # iterated again from an iteration folder: its data already holds block 1
+    assert new_block([*range(150), INDEX_OFFSET + 99], iteration=1) == 2
+    assert new_block([], iteration=1) == 1

@@ -132,6 +132,14 @@ def warm_start_es(config: cfg.ExperimentConfig, paths, previous, iteration: int)
     checkpoint.save(paths.checkpoints("controller"), state, step=0, config={"warm_start": source})
 
 
+def new_block(parent_indices: list[int], iteration: int) -> int:
+    """The block of a round's new episodes (indices block * INDEX_OFFSET + i, and its collection
+    seed): the first after every episode of the parent's store, so a round iterated from an
+    iteration folder, or from a run whose data already holds rounds, never reuses an index or
+    a seed. For iteration k of one run this is block k."""
+    return max(iteration, max(parent_indices, default=-1) // INDEX_OFFSET + 1)
+
+
 def collect_new(config, paths, previous, iteration: int, episodes: int, noise: float, progress):
     """Iteration k's data: k-1's episodes linked, plus `episodes` played by k-1's controller."""
     from wm_jax import stages
@@ -139,6 +147,9 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
     from wm_jax.data import EpisodeStore, episode_path
     from wm_jax.envs.collect import collect
 
+    block = new_block(EpisodeStore(previous.episodes).indices(), iteration)
+        iteration, max(EpisodeStore(previous.episodes).indices(), default=-1) // INDEX_OFFSET + 1
+    )
     linked = links.link_store(previous.episodes, paths.episodes)
     staging = paths.root / "data" / "new_episodes"
     policy = stages.collection_policy(
@@ -149,7 +160,7 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
         staging,
         num_episodes=episodes,
         workers=config.collect.workers or os.cpu_count() or 1,
-        seed=collect_seed(config.seed, iteration),
+        seed=collect_seed(config.seed, block),
         max_frames=config.collect.max_frames,
         min_frames=config.collect.min_frames,
         progress=progress,
@@ -160,12 +171,12 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
         raise RuntimeError(
             f"the controller's collection stored no episodes in {staging}: {summary}"
         )
-    first = iteration * INDEX_OFFSET
+    first = block * INDEX_OFFSET
     for index in new.indices():
         links.link_file(new.path(index), episode_path(paths.episodes, first + index))
     store = EpisodeStore(paths.episodes)  # opening it records the new files in its manifest
     info = {"iteration": iteration, "first_index": first, "policy": repr(policy)}
-    info |= {"collect_seed": collect_seed(config.seed, iteration)}
+    info |= {"collect_seed": collect_seed(config.seed, block)}
     meta = store.read_meta()
     earlier = [i for i in meta.get("iterations", []) if i["iteration"] != iteration]
     store.write_meta(meta | {"iterations": [*earlier, info]})
@@ -226,7 +237,9 @@ def prepare_iteration(
     if "train_vae" not in done:
         run_folder.adopt_record(run_dir, sub, "train_vae")
     if "collect" not in done:
-        print(f"[collect] running ({settings['episodes']} episodes played by C)", flush=True)
+        share = config.collect.driver_fraction
+        by = "C" if share == 0 else f"C, {share:.0%} of them by the game's driver instead"
+        print(f"[collect] running ({settings['episodes']} episodes played by {by})", flush=True)
         start = time.perf_counter()
         summary = collect_new(
             config, paths, previous, iteration, settings["episodes"], settings["noise"], progress
