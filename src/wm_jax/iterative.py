@@ -148,8 +148,6 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
     from wm_jax.envs.collect import collect
 
     block = new_block(EpisodeStore(previous.episodes).indices(), iteration)
-        iteration, max(EpisodeStore(previous.episodes).indices(), default=-1) // INDEX_OFFSET + 1
-    )
     linked = links.link_store(previous.episodes, paths.episodes)
     staging = paths.root / "data" / "new_episodes"
     policy = stages.collection_policy(
