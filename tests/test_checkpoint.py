@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import time
 
 import flax.struct
 import jax
@@ -207,8 +208,10 @@ def test_save_errors_that_are_not_io_pass_through(tmp_path):
     with pytest.raises(ValueError, match="Unsupported type"):
         checkpoint.save(tmp_path, {"x": object()}, step=1)
     assert checkpoint.all_steps(tmp_path) == []
-    # orbax's writer threads may still create the hidden folder after save returned; the
-    # next save sweeps whatever an unfinished save left behind.
+    # orbax's writer threads may still create the hidden folder after save returned (on a
+    # loaded machine, even during the next save): give them a moment, then the next save
+    # sweeps whatever the unfinished save left behind.
+    time.sleep(1.0)
     checkpoint.save(tmp_path, {"x": jnp.zeros(2)}, step=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint._step_dir(tmp_path, 2).name]
 

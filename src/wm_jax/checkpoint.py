@@ -151,6 +151,7 @@ def save(
         raise CheckpointError(f"cannot save checkpoint {final}: {cause}") from None
     for old in all_steps(directory)[:-keep]:
         shutil.rmtree(_step_dir(directory, old), ignore_errors=True)
+    _sweep_leftovers(directory)  # and once more: an earlier failed save's writers may be late
     return final
 
 
