@@ -151,7 +151,9 @@ def save(
         raise CheckpointError(f"cannot save checkpoint {final}: {cause}") from None
     for old in all_steps(directory)[:-keep]:
         shutil.rmtree(_step_dir(directory, old), ignore_errors=True)
-    _sweep_leftovers(directory)  # and once more: an earlier failed save's writers may be late
+    # Hidden folders of unfinished saves: a killed process's, or one orbax's writers created
+    # after a failed save's cleanup (they can be late); swept once the new step is in place.
+    _sweep_leftovers(directory)
     return final
 
 
@@ -160,7 +162,6 @@ def _save_step(
 ) -> None:
     """orbax writes a hidden folder; meta.json (with the checksums) goes last; then a rename."""
     directory.mkdir(parents=True, exist_ok=True)
-    _sweep_leftovers(directory)
     tmp = directory / f".tmp_step_{step:09d}_{uuid.uuid4().hex}"
     try:
         checkpointer = ocp.StandardCheckpointer()

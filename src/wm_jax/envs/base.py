@@ -16,6 +16,7 @@ from wm_jax.envs.registry import (  # noqa: F401  (re-exported: the games' modul
     GameSpec,
     game_spec,
     games,
+    load,
     make_env,
     random_policy,
     register_game,
@@ -121,8 +122,6 @@ class DriverMix:
         self.base, self.driver, self.fraction = base, driver, float(fraction)
 
     def __call__(self, spec: GameSpec, seed: int) -> Policy:
-        from wm_jax.envs.registry import load
-
         if np.random.default_rng([seed, 1]).random() < self.fraction:
             return load(self.driver)(spec, seed)
         return self.base(spec, seed)

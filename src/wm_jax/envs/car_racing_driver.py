@@ -43,10 +43,13 @@ class NoisyDriver:
         self._noise = 0.0
         self._walk = np.zeros(3)
         self._env = None
+        self._points = None  # (N, 2) the track's centre line, fixed for an episode
 
     def bind(self, env) -> None:
-        """The episode's game (a `CarRacingEnv`), read for the track and the car's pose."""
+        """The episode's game (a `CarRacingEnv`, after its reset), read for the track and the
+        car's pose; the track is built by the reset and read once here."""
         self._env = env
+        self._points = np.asarray([(tile[2], tile[3]) for tile in env.game.track])
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         del frame  # the driver reads the game's state
@@ -69,7 +72,7 @@ class NoisyDriver:
     def _steer_and_speed(self, game) -> tuple[float, float]:
         hull = game.car.hull
         x, y = hull.position
-        points = np.asarray([(tile[2], tile[3]) for tile in game.track])  # (N, 2) centre line
+        points = self._points
         nearest = int(np.argmin(((points - (x, y)) ** 2).sum(axis=1)))
         tx, ty = points[(nearest + self.look_ahead) % len(points)]
         heading = (-math.sin(hull.angle), math.cos(hull.angle))  # Box2D CarRacing's forward
