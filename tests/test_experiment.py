@@ -34,6 +34,10 @@ def _check_run_folder(run_dir, experiment_name, episodes):
     assert set(results) >= RESULT_KEYS
     assert results["experiment"] == experiment_name and results["scale"] == "smoke"
     assert set(results["wall_time_s"]) == set(config.STAGES)
+    peaks = results["peak_memory_mb"]
+    assert set(peaks) == set(config.STAGES)
+    assert all(peak["process"] > 100 for peak in peaks.values())  # jax alone is more than that
+    assert results["peak_memory_mb_overall"] >= max(p["process"] for p in peaks.values())
     evaluation = results["evaluation"]
     assert evaluation["episodes"] == episodes == len(evaluation["returns"])
     assert evaluation["seeds"][0] >= 10_000_000  # never a training seed
@@ -139,7 +143,15 @@ def test_temperature_sweep_reuses_one_m(doom_run):
     ).resolve()
     assert json.loads((tau_run / "config.json").read_text())["controller"]["temperature"] == 0.5
     table = (doom_run / "sweep" / "temperature_table.md").read_text()
-    assert "| 0.50 |" in table and "2060 ± 277" in table
+    assert "| 0.50 | 2 |" in table and "2060 ± 277" in table
+    # The run's own τ is its own row, not retrained; the table keeps the earlier call's row.
+    rows = sweep.sweep(doom_run, temperatures=(1.15,), progress=False)
+    assert [row["source"] for row in rows] == ["."]
+    assert not (doom_run / "sweep" / "tau_1.15").exists()
+    own = json.loads((doom_run / "results.json").read_text())["evaluation"]
+    assert rows[0]["real"]["mean"] == own["mean"]
+    table = (doom_run / "sweep" / "temperature_table.md").read_text()
+    assert "| 0.50 | 2 |" in table and "| 1.15 | 2 |" in table and "| sweep/tau_0.50 |" in table
 
 
 def test_sweep_of_a_missing_run_is_refused_clearly(tmp_path, capsys):

@@ -270,6 +270,7 @@ def run_config(
         partial = run_folder.record_path(run_dir, stage, "partial")
         earlier = json.loads(partial.read_text())["seconds"] if partial.is_file() else 0.0
         start = time.perf_counter()
+        runtime.reset_peak_memory()  # each stage's own peak, not the process's so far
         try:
             summary = functions[stage](config, paths, progress=progress)
         except BaseException as err:
@@ -280,7 +281,9 @@ def run_config(
                 ) from err
             raise
         seconds = earlier + time.perf_counter() - start
-        run_folder.write_record(run_dir, stage, summary, seconds, inputs)
+        run_folder.write_record(
+            run_dir, stage, summary, seconds, inputs, peak_memory_mb=runtime.peak_memory_mb()
+        )
         partial.unlink(missing_ok=True)
         run_folder.record_path(run_dir, stage, "started").unlink(missing_ok=True)
         print(f"[{stage}] done in {seconds:.1f} s", flush=True)
@@ -301,6 +304,20 @@ def write_results(config: cfg.ExperimentConfig, run_dir: Path) -> dict[str, Any]
         "seed": config.seed,
         **environment_info(),
         "wall_time_s": {stage: record["seconds"] for stage, record in records.items()},
+        # Peak resident memory per stage (this process during the stage; the largest worker
+        # process so far), as `runtime.peak_memory_mb` measures it; None in older records.
+        "peak_memory_mb": {
+            stage: record.get("peak_memory_mb") for stage, record in records.items()
+        },
+        "peak_memory_mb_overall": max(
+            (
+                value
+                for record in records.values()
+                for value in (record.get("peak_memory_mb") or {}).values()
+                if value is not None
+            ),
+            default=None,
+        ),
         "vae_final_loss": summary.get("train_vae", {}).get("final_loss"),
         "mdn_rnn_final_loss": summary.get("train_mdn_rnn", {}).get("final_loss"),
         "controller": summary.get("train_controller"),

@@ -89,6 +89,7 @@ def write_record(
     summary: dict[str, Any],
     seconds: float,
     inputs: dict[str, str | None] | None,
+    peak_memory_mb: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """Record `stage` complete, with a new id and the ids it was built from."""
     record = {
@@ -96,6 +97,7 @@ def write_record(
         "id": uuid.uuid4().hex,
         "inputs": inputs,
         "seconds": seconds,
+        "peak_memory_mb": peak_memory_mb,
         "summary": summary,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }

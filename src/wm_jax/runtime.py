@@ -1,4 +1,5 @@
-"""Process-wide settings for speed: glibc's allocator told to keep and reuse its memory.
+"""Process-wide settings for speed (glibc's allocator told to keep and reuse its memory), and
+the peak-memory measurement each stage records.
 
 XLA:CPU allocates every step's temporaries with malloc (V's train step at batch 100: about
 400 MB). glibc serves large blocks from fresh `mmap`ed pages (and from per-thread arenas that it
@@ -20,6 +21,8 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import resource
+from pathlib import Path
 
 # glibc's malloc.h
 M_TRIM_THRESHOLD = -1
@@ -54,3 +57,38 @@ def tune_malloc() -> bool:
 def malloc_mode() -> str:
     """ "tuned" or "default": recorded beside benchmark figures and run results."""
     return "tuned" if _tuned else "default"
+
+
+def reset_peak_memory() -> bool:
+    """Start a new peak-resident-memory window for this process (Linux); True if it did.
+
+    Writing "5" to /proc/self/clear_refs resets the kernel's high-water mark (VmHWM), so
+    `peak_memory_mb` afterwards reports the peak since this call: one stage's, not the process's.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_memory_mb() -> dict[str, float | None]:
+    """Peak resident memory in MB: this process (since `reset_peak_memory`) and its largest child.
+
+    `process`: VmHWM from /proc/self/status where there is one, else getrusage's lifetime peak.
+    `largest_child`: the largest finished worker process so far (getrusage; the process's
+    lifetime, not one stage's). None where the platform does not say.
+    """
+    process = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                process = int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    # ru_maxrss is in kB on Linux, bytes on macOS.
+    scale = 1 / 1024 if platform.system() == "Linux" else 1 / (1024 * 1024)
+    if process is None:
+        process = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
+    return {"process": round(process, 1), "largest_child": round(child, 1) if child else None}
