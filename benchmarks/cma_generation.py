@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import controller, dream, evolve, mdn_rnn
+from wm_jax import dream
+from wm_jax.es import evolve
+from wm_jax.models import controller, mdn_rnn
 
 
 def calibrate_done_bias(env, params, c_config, target_length: int, key) -> float:

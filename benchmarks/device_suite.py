@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks import peak, report
 from benchmarks import run as bench
-from wm_jax import checkpoint, runtime
+from wm_jax.core import checkpoint, runtime
 
 RESULTS_DIR = bench.RESULTS_DIR
 
@@ -90,7 +90,7 @@ def dream_row(
 ) -> dict[str, Any]:
     """Dream steps/s of `batch` rollouts of the `game_name` M ("doom" or "car_racing").
 
-    `benchmarks.run`'s dream timing: random weights, `impl` "dream" (the path `wm_jax.evolve`
+    `benchmarks.run`'s dream timing: random weights, `impl` "dream" (the path `wm_jax.es.evolve`
     runs: `vmap` over rollouts of a `lax.scan`) or "batched" (one scan over (batch, ...) arrays),
     compiled ahead (compile_s) and timed as the median of `settings.repeats` repetitions.
 
@@ -129,7 +129,7 @@ def measure_peak(suite: Suite) -> dict[str, Any]:
 
 
 def _cma(settings: bench.Settings) -> dict[str, Any]:
-    """`benchmarks.run.bench_cma` with one BLAS thread, as `wm_jax.evolve_loop` runs CMA-ES: on a
+    """`benchmarks.run.bench_cma` with one BLAS thread, as `wm_jax.es.evolve_loop` runs CMA-ES: on a
     CPU, CMA-ES's eigh in OpenBLAS threads fights XLA's (seconds a generation at Doom's size)."""
     with threadpool_limits(1, user_api="blas"):
         return bench.bench_cma(settings) | {"blas_threads": 1}
@@ -354,7 +354,7 @@ def write_outputs(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    runtime.tune_malloc()  # as the library's entry points do (see wm_jax.runtime)
+    runtime.tune_malloc()  # as the library's entry points do (see wm_jax.core.runtime)
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.device_suite", description=__doc__.split("\n")[0]
     )

@@ -14,7 +14,8 @@ import time
 import jax
 import numpy as np
 
-from wm_jax import mdn_rnn, mdn_rnn_train
+from wm_jax.models import mdn_rnn
+from wm_jax.train import mdn_rnn_train
 
 GAMES = {
     "car_racing": (mdn_rnn.CAR_RACING, mdn_rnn_train.MDNTrainConfig()),

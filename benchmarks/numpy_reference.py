@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-LOG_SIGMA_MIN = -7.0  # as wm_jax.mdn_rnn
+LOG_SIGMA_MIN = -7.0  # as wm_jax.models.mdn_rnn
 LOG_SIGMA_MAX = 2.0
 MIN_TEMPERATURE = 1e-6
 # BLAS threads per worker: the original ran one single-threaded process per core.

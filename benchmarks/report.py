@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from wm_jax import checkpoint
+from wm_jax.core import checkpoint
 
 GOAL_BATCH = 1024  # the dream goals are stated at 1,024 rollouts (one CMA-ES generation)
 GPU_GOAL_STEPS_PER_S = 10e6  # CarRacing-sized dream steps/s on one H100
@@ -140,7 +140,7 @@ def _machine_line(record: dict[str, Any]) -> str:
         f"CPUs); JAX {m['jax']} on {', '.join(m['jax_devices'])}; torch {torch}; NumPy "
         f"{m['numpy']}; Python {m['python']}. Load average (1, 5, 15 min) at the start: "
         f"{[round(x, 2) for x in m.get('load_average_1_5_15', [])]}; malloc "
-        f"{m.get('malloc', 'default')} (`wm_jax.runtime`). Settings: "
+        f"{m.get('malloc', 'default')} (`wm_jax.core.runtime`). Settings: "
         f"`{record['settings']['name']}`. {record.get('note', '')}"
     )
 

@@ -30,7 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import numpy_reference, peak, report
-from wm_jax import controller, dream, dream_rollout, evolve, mdn_rnn, mdn_rnn_train, runtime, vae
+from wm_jax import dream
+from wm_jax.core import runtime
+from wm_jax.dream import rollout as dream_rollout
+from wm_jax.es import evolve
+from wm_jax.models import controller, mdn_rnn, vae
+from wm_jax.train import mdn_rnn_train
 
 SECTIONS = ("dream", "cma", "vae", "mdn", "collect", "car_racing")
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -280,8 +285,8 @@ def _dream_weights(game: DreamGame, seed: int = 0):
 def _jax_dream_fn(game: DreamGame, batch: int, num_steps: int, impl: str) -> Callable:
     """fn(key, model_params, policy_params, initial_mu) -> total return of `batch` rollouts.
 
-    impl "dream": `vmap` over rollouts of `wm_jax.dream_rollout.rollout` (a `lax.scan` over
-    steps), the path `wm_jax.evolve` uses. impl "batched": one `lax.scan` over steps of
+    impl "dream": `vmap` over rollouts of `wm_jax.dream.rollout.rollout` (a `lax.scan` over
+    steps), the path `wm_jax.es.evolve` uses. impl "batched": one `lax.scan` over steps of
     `mdn_rnn.step` + `controller.act` on (batch, ...) arrays, one key per step for the whole
     batch.
     """
@@ -775,7 +780,7 @@ def _default_name(machine, settings: Settings, only) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    runtime.tune_malloc()  # as the library's entry points do (see wm_jax.runtime)
+    runtime.tune_malloc()  # as the library's entry points do (see wm_jax.core.runtime)
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
     )

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 
-# Same constants as wm_jax.mdn_rnn: σ smoothly bounded to [e^-7, e^2]; τ floored.
+# Same constants as wm_jax.models.mdn_rnn: σ smoothly bounded to [e^-7, e^2]; τ floored.
 LOG_SIGMA_MIN = -7.0
 LOG_SIGMA_MAX = 2.0
 MIN_TEMPERATURE = 1e-6
@@ -155,7 +155,7 @@ class MDNRNN(nn.Module):
 
     @classmethod
     def from_config(cls, config: Any) -> MDNRNN:
-        """From a wm_jax.mdn_rnn.MDNRNNConfig."""
+        """From a wm_jax.models.mdn_rnn.MDNRNNConfig."""
         return cls(
             config.latent_dim,
             config.action_dim,
@@ -288,7 +288,7 @@ def dream_rollout(
     """A batch of dream rollouts, one Python iteration per step, until done or `num_steps`.
 
     Every step runs for every rollout (a batch is stepped in lockstep); returns and lengths stop
-    counting at done (the same valid mask as wm_jax.dream_rollout.rollout).
+    counting at done (the same valid mask as wm_jax.dream.rollout.rollout).
 
     Args:
       z0: (B, Z) first latent codes.
@@ -329,7 +329,7 @@ def _tensor(array) -> torch.Tensor:
 
 @torch.no_grad()
 def load_vae(model: ConvVAE, params: Any) -> ConvVAE:
-    """Copy wm_jax.vae params (flax NHWC / HWIO) into `model` (NCHW / OIHW)."""
+    """Copy wm_jax.models.vae params (flax NHWC / HWIO) into `model` (NCHW / OIHW)."""
     encoder, decoder = params["encoder"], params["decoder"]
     for i, conv in enumerate(model.encoder):
         conv.weight.copy_(_tensor(encoder[f"conv{i}"]["kernel"]).permute(3, 2, 0, 1))
@@ -351,7 +351,8 @@ def load_vae(model: ConvVAE, params: Any) -> ConvVAE:
 
 @torch.no_grad()
 def load_mdn_rnn(model: MDNRNN, params: Any) -> MDNRNN:
-    """Copy wm_jax.mdn_rnn params (fused kernel over [x, h], gates i, f, g, o) into `model`."""
+    """Copy wm_jax.models.mdn_rnn params (fused kernel over [x, h], gates i, f, g, o) into
+    `model`."""
     kernel = _tensor(params["lstm"]["kernel"])  # (in + H, 4H)
     num_inputs = kernel.shape[0] - model.hidden_size
     model.lstm.weight_ih_l0.copy_(kernel[:num_inputs].T)
@@ -365,7 +366,7 @@ def load_mdn_rnn(model: MDNRNN, params: Any) -> MDNRNN:
 
 @torch.no_grad()
 def load_controller(model: Controller, params: Any) -> Controller:
-    """Copy wm_jax.controller linear params ({"w": (in, A), "b": (A,)})."""
+    """Copy wm_jax.models.controller linear params ({"w": (in, A), "b": (A,)})."""
     model.linear.weight.copy_(_tensor(params["w"]).T)
     if model.linear.bias is not None:
         model.linear.bias.copy_(_tensor(params["b"]))

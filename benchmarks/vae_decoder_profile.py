@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/vae_decoder_profile.py [--batch 100] [--repeats 7] [--ablation]
 
-``fast`` and ``flax`` time `wm_jax.vae.make_train`'s own jitted ``train_step`` with
+``fast`` and ``flax`` time `wm_jax.models.vae.make_train`'s own jitted ``train_step`` with
 ``impl="fast"`` (the default: `conv_stride2` / `conv_transpose_stride2`) and ``impl="flax"``
 (plain ``nn.Conv`` + ``nn.ConvTranspose``). ``--ablation`` adds the mixed variants (fast encoder
 with flax decoder and the reverse) through a copy of the same update. Each variant is compiled,
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from wm_jax import vae
+from wm_jax.models import vae
 
 
 def mixed_step(config: vae.VAEConfig, learning_rate: float, encoder_impl: str, decoder_impl: str):

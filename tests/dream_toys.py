@@ -7,7 +7,8 @@ Layout of `mdn_rnn.init_params`: lstm kernel (input + H, 4H) with gates [i, f, g
 import jax
 import jax.numpy as jnp
 
-from wm_jax import controller, dream, mdn_rnn
+from wm_jax import dream
+from wm_jax.models import controller, mdn_rnn
 
 SATURATE = 20.0  # gate pre-activation that makes a sigmoid 1 (or 0 when negated)
 

@@ -1,4 +1,4 @@
-"""wm_jax.agents: a finished run exported into a small folder and loaded back without pickle."""
+"""wm_jax.pipeline.agents: a finished run exported into a small folder, loaded back, no pickle."""
 
 import json
 import pickle
@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 import wm_jax
-from wm_jax import agents, stages
-from wm_jax.config import from_dict
-from wm_jax.controller_policy import ControllerPolicy
 from wm_jax.data import EpisodeStore
 from wm_jax.envs import game_spec
+from wm_jax.pipeline import agents, stages
+from wm_jax.pipeline.config import from_dict
 
 NOTES = {"score": "133 ± 18 over 2 episodes", "episodes": 2}
 
@@ -78,7 +77,7 @@ def test_controller_plays_the_runs_actions(exported, doom_smoke_run):
     store = EpisodeStore(paths.episodes)
     frames = store.read(store.indices()[0]).frames[:30]
     spec = game_spec(config.game)
-    run_policy = ControllerPolicy.from_run(config, paths)(spec, 7)
+    run_policy = stages.controller_policy(config, paths)(spec, 7)
     agent_policy = agents.load_agent(exported).policy()(spec, 7)  # same seed: same z samples
     theirs = np.stack([run_policy(frame) for frame in frames])
     ours = np.stack([agent_policy(frame) for frame in frames])

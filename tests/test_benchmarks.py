@@ -18,7 +18,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import numpy_reference, peak, report, run  # noqa: E402
-from wm_jax import controller, mdn_rnn, vae  # noqa: E402
+from wm_jax.models import (
+    controller,
+    mdn_rnn,
+    vae,  # noqa: E402
+)
 
 MDN_CONFIGS = {
     "car_racing": mdn_rnn.CAR_RACING,

@@ -8,7 +8,9 @@ import numpy as np
 from brax.training.agents.ppo import networks as ppo_networks
 from brax.training.agents.ppo import train as ppo
 
-from wm_jax import brax_dream, dream, mdn_rnn
+from wm_jax import dream
+from wm_jax.dream import brax_dream
+from wm_jax.models import mdn_rnn
 
 M_CONFIG = mdn_rnn.MDNRNNConfig(
     latent_dim=4, action_dim=1, hidden_size=8, num_mixtures=2, use_restart=True, predict_done=True

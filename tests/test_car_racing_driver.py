@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from wm_jax import config as cfg
 from wm_jax.envs import DriverMix, collect, game_spec, make_env, random_policy
 from wm_jax.envs.car_racing import RandomWalkPolicy
 from wm_jax.envs.car_racing_driver import NoisyDriver
-from wm_jax.presets import preset
+from wm_jax.pipeline import config as cfg
+from wm_jax.pipeline.presets import preset
 
 
 def _tile_reward(policy_factory, seed, frames=150):

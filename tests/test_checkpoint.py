@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from wm_jax import checkpoint
+from wm_jax.core import checkpoint
 
 
 class _State(flax.struct.PyTreeNode):

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from wm_jax import config as cfg
-from wm_jax.presets import preset
+from wm_jax.pipeline import config as cfg
+from wm_jax.pipeline.presets import preset
 
 
 @pytest.mark.parametrize("experiment", cfg.EXPERIMENTS)
@@ -123,7 +123,7 @@ def test_a_config_json_with_nan_is_refused():
 
 
 def test_car_racing_trains_c_in_the_dream_by_default_and_the_paper_way_is_one_flag_away():
-    from wm_jax import experiment
+    from wm_jax.pipeline import experiment
 
     dream = experiment.build_config("car_racing", "small", 0, [])
     assert dream.controller.train_in == "dream"
@@ -138,7 +138,7 @@ def test_car_racing_trains_c_in_the_dream_by_default_and_the_paper_way_is_one_fl
 
 
 def test_expected_wall_time_counts_the_iterations_asked_for():
-    from wm_jax.presets import expected_wall_time
+    from wm_jax.pipeline.presets import expected_wall_time
 
     assert expected_wall_time("doom_take_cover", "small") == (
         "expected wall time on a 2-core CPU: about 73 min"

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wm_jax import controller, mdn_rnn
+from wm_jax.models import controller, mdn_rnn
 
 
 @pytest.mark.parametrize(

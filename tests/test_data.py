@@ -10,7 +10,6 @@ import jax
 import numpy as np
 import pytest
 
-from wm_jax import vae
 from wm_jax.data import (
     CorruptEpisodeError,
     EncodedEpisode,
@@ -24,6 +23,7 @@ from wm_jax.data import (
 )
 from wm_jax.data.encode import MIRROR_OFFSET
 from wm_jax.data.loaders import FRAME_BYTES
+from wm_jax.models import vae
 
 
 def make_episode(index: int, length: int, done: bool = True) -> Episode:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from dream_toys import C_PARAMS, M_CONFIG, SATURATE, _quiet_mixture, _zeros, make, policy
 
-from wm_jax import dream, dream_rollout, mdn_rnn, vae
+from wm_jax import dream
+from wm_jax.dream import rollout as dream_rollout
+from wm_jax.models import mdn_rnn, vae
 
 
 def test_shapes_and_gymnax_api():

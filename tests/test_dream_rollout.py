@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 from dream_toys import C_CONFIG, C_PARAMS, counter_model, make, policy
 
-from wm_jax import controller, dream, dream_rollout
+from wm_jax import dream
+from wm_jax.dream import rollout as dream_rollout
+from wm_jax.models import controller
 
 
 def test_jit_equals_no_jit():

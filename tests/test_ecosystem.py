@@ -26,7 +26,10 @@ from evosax.algorithms import CMA_ES
 from evosax.problems import MLP, BraxProblem, GymnaxProblem, tanh_output_fn
 from gymnax.experimental import RolloutWrapper
 
-from wm_jax import brax_dream, controller, dream, dream_rollout, mdn_rnn
+from wm_jax import dream
+from wm_jax.dream import brax_dream
+from wm_jax.dream import rollout as dream_rollout
+from wm_jax.models import controller, mdn_rnn
 
 # Doom-shaped but tiny: z 4, LSTM 8, restart input, done head.
 M_CONFIG = mdn_rnn.MDNRNNConfig(

@@ -12,7 +12,11 @@ import pytest
 from dream_toys import counter_model
 from fake_games import CountingGame
 
-from wm_jax import controller, dream, evaluate, evolve, mdn_rnn, real_rollout, vae
+from wm_jax import dream
+from wm_jax.envs import real_rollout
+from wm_jax.es import evolve
+from wm_jax.models import controller, mdn_rnn, vae
+from wm_jax.pipeline import evaluate
 
 M_CONFIG = mdn_rnn.MDNRNNConfig(
     latent_dim=4, action_dim=1, hidden_size=3, num_mixtures=2, use_restart=True, predict_done=True

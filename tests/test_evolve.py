@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from dream_toys import bump_reward_model
 
-from wm_jax import controller, dream, dream_rollout, evolve
+from wm_jax import dream
+from wm_jax.dream import rollout as dream_rollout
+from wm_jax.es import evolve
+from wm_jax.models import controller
 
 TOY_STEPS = 10
 TOY_CONFIG = evolve.EvolveConfig(
@@ -165,7 +168,10 @@ def test_sharded_equals_unsharded_on_four_host_devices(tmp_path):
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import dataclasses, jax, jax.numpy as jnp, numpy as np
-        from wm_jax import controller, dream, evolve, mdn_rnn
+        from wm_jax import dream
+        from wm_jax.models import controller
+        from wm_jax.es import evolve
+        from wm_jax.models import mdn_rnn
         assert jax.local_device_count() == 4, jax.devices()
         # A random Doom-like M whose episodes end at different steps, so compaction kicks in.
         m_config = mdn_rnn.MDNRNNConfig(latent_dim=4, action_dim=1, hidden_size=8,

@@ -2,7 +2,8 @@
 
 import json
 
-from wm_jax import evolve_loop, training_loop
+from wm_jax.es import evolve_loop
+from wm_jax.train import training_loop
 
 
 def _row(generation: int) -> dict:

@@ -4,7 +4,8 @@ from evaluation seeds, and resumes exactly."""
 import jax
 import numpy as np
 
-from wm_jax import controller, evolve, evolve_real
+from wm_jax.es import evolve, evolve_real
+from wm_jax.models import controller
 
 
 def test_train_in_real_with_a_fake_game(tmp_path):

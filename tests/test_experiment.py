@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from wm_jax import checkpoint, config, experiment
+from wm_jax.core import checkpoint
+from wm_jax.pipeline import config, experiment
 
 RESULT_KEYS = {
     "experiment",
@@ -133,7 +134,7 @@ def test_car_racing_smoke_end_to_end(tmp_path):
 
 
 def test_temperature_sweep_reuses_one_m(doom_run):
-    from wm_jax import sweep
+    from wm_jax.pipeline import sweep
 
     rows = sweep.sweep(doom_run, temperatures=(0.5,), progress=False)
     assert rows[0]["temperature"] == 0.5 and rows[0]["real"]["episodes"] == 2
@@ -155,7 +156,7 @@ def test_temperature_sweep_reuses_one_m(doom_run):
 
 
 def test_sweep_of_a_missing_run_is_refused_clearly(tmp_path, capsys):
-    from wm_jax import sweep
+    from wm_jax.pipeline import sweep
 
     with pytest.raises(SystemExit) as exit_:
         sweep.main([str(tmp_path / "nothing")])
@@ -164,7 +165,7 @@ def test_sweep_of_a_missing_run_is_refused_clearly(tmp_path, capsys):
 
 
 def test_interrupted_stage_keeps_its_wall_time(tmp_path, monkeypatch):
-    from wm_jax import stages
+    from wm_jax.pipeline import stages
 
     def interrupted(config, paths, progress=True):
         raise KeyboardInterrupt
@@ -184,7 +185,7 @@ def test_minatar_smoke_end_to_end(minatar_smoke_run):
 
 
 def test_an_agent_is_re_measured_on_publication_seeds(doom_run, capsys):
-    from wm_jax import evaluate
+    from wm_jax.pipeline import evaluate
 
     assert evaluate.main([str(doom_run), "--episodes", "2", "--workers", "1", "--no-progress"]) == 0
     record = json.loads((doom_run / "evaluation" / "seeds-20000000-2.json").read_text())

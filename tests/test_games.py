@@ -7,11 +7,12 @@ import pytest
 from fake_games import CountingGame
 
 import wm_jax
-from wm_jax import config, dream, presets, probe, stages
+from wm_jax import dream
 from wm_jax.data import EpisodeStore
-from wm_jax.env_pool import EnvPool
 from wm_jax.envs import registry
 from wm_jax.envs.collect import collect, episode_seeds
+from wm_jax.envs.env_pool import EnvPool
+from wm_jax.pipeline import config, presets, probe, stages
 
 COUNTING = wm_jax.GameSpec(
     name="counting",
@@ -123,7 +124,7 @@ def test_a_gymnax_minatar_game_is_one_registration(fresh_registry, tmp_path):
 def test_minatar_asterix_smoke_end_to_end(tmp_path):
     from test_experiment import _check_run_folder
 
-    from wm_jax import experiment
+    from wm_jax.pipeline import experiment
 
     experiment.run("minatar_asterix", "smoke", tmp_path / "r", progress=False)
     results = _check_run_folder(tmp_path / "r", "minatar_asterix", episodes=2)

@@ -8,24 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wm_jax import (
-    checkpoint,
-    config,
-    controller,
-    evolve,
-    experiment,
-    iterative,
-    mdn_rnn,
-    real_rollout,
-    stages,
-    vae,
-)
-from wm_jax.controller_policy import ControllerPolicy
+from wm_jax.core import checkpoint
 from wm_jax.data import EpisodeStore
 from wm_jax.data.encode import MIRROR_OFFSET
-from wm_jax.envs import game_spec
+from wm_jax.envs import game_spec, real_rollout
 from wm_jax.envs.collect import episode_seeds
-from wm_jax.presets import preset
+from wm_jax.envs.controller_policy import ControllerPolicy
+from wm_jax.es import evolve
+from wm_jax.models import controller, mdn_rnn, vae
+from wm_jax.pipeline import config, experiment, iterative, stages
+from wm_jax.pipeline.presets import preset
 
 M_CONFIG = mdn_rnn.MDNRNNConfig(
     latent_dim=4, action_dim=1, hidden_size=3, num_mixtures=2, use_restart=True, predict_done=True
@@ -154,7 +146,7 @@ def test_an_iteration_collects_with_c_and_retrains_m_and_c(iterated):
 
     # The new episodes are the parent's C (with noise 0.1) playing: replay its stored frames.
     parent_config = config.from_dict(json.loads((run_dir / "config.json").read_text()))
-    factory = ControllerPolicy.from_run(parent_config, stages.RunPaths(run_dir), noise=0.1)
+    factory = stages.controller_policy(parent_config, stages.RunPaths(run_dir), noise=0.1)
     for i, index in enumerate(new):
         episode = store.read(index)
         _, policy_seed = episode_seeds(iterative.collect_seed(parent_config.seed, 1), i)
@@ -233,7 +225,7 @@ def test_rerun_skips_a_finished_iteration_and_resumes_an_unfinished_one(iterated
 
 
 def test_a_rounds_new_episodes_never_reuse_the_parents_indices():
-    from wm_jax.iterative import INDEX_OFFSET, new_block
+    from wm_jax.pipeline.iterative import INDEX_OFFSET, new_block
 
     assert new_block(list(range(150)), iteration=1) == 1  # the first round of a run
     assert new_block([*range(150), INDEX_OFFSET + 3], iteration=2) == 2

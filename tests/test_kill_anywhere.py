@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from wm_jax import checkpoint, evaluate, experiment, run_folder
+from wm_jax.core import checkpoint
+from wm_jax.pipeline import evaluate, experiment, run_folder
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "minatar_breakout"
@@ -65,7 +66,7 @@ def _sigkill_during_v(run_dir):
     script = textwrap.dedent(
         f"""
         import sys
-        from wm_jax import experiment
+        from wm_jax.pipeline import experiment
         sys.exit(experiment.main(["{EXPERIMENT}", "--scale", "smoke", "--run-dir",
                                   "{run_dir}", "--no-progress"]))
         """

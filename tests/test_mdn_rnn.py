@@ -11,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from wm_jax import mdn_rnn, mdn_rnn_train
+from wm_jax.models import mdn_rnn
+from wm_jax.train import mdn_rnn_train
 
 SMALL = mdn_rnn.MDNRNNConfig(
     latent_dim=4,

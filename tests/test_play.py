@@ -1,4 +1,4 @@
-"""wm_jax.play: watch a shipped agent play a real episode and write the GIF."""
+"""wm_jax.pipeline.play: watch a shipped agent play a real episode and write the GIF."""
 
 import re
 import shutil
@@ -6,7 +6,7 @@ import shutil
 import imageio.v2 as imageio
 import pytest
 
-from wm_jax import agents, play
+from wm_jax.pipeline import agents, play
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from test_dream import car_racing_done_model, make
 
-from wm_jax import dream, probe, stages
-from wm_jax.config import from_dict
-from wm_jax.presets import preset
+from wm_jax import dream
+from wm_jax.pipeline import probe, stages
+from wm_jax.pipeline.config import from_dict
+from wm_jax.pipeline.presets import preset
 
 
 def test_dream_returns_follow_the_done_head():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wm_jax import report
+from wm_jax.pipeline import report
 
 
 def _frame_delays_ms(path) -> list[int]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from wm_jax import checkpoint, config, experiment, report, run_folder, stages
+from wm_jax.core import checkpoint
+from wm_jax.pipeline import config, experiment, report, run_folder, stages
 
 EXPERIMENT = "minatar_breakout"
 
@@ -191,7 +192,8 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from wm_jax import experiment, stages
+        from wm_jax.pipeline import experiment
+        from wm_jax.pipeline import stages
         def slow(cfg, paths, progress=True):
             print("collecting", flush=True)
             time.sleep(60)
@@ -225,7 +227,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     ],
 )
 def test_os_errors_become_one_line_naming_the_path_and_what_to_do(code, advice):
-    from wm_jax import cli
+    from wm_jax.pipeline import cli
 
     err = OSError(code, os.strerror(code), "/runs/r/checkpoints/vae")
     message = cli.user_error(RuntimeError("wrapped").with_traceback(None))

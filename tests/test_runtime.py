@@ -1,10 +1,10 @@
-"""wm_jax.runtime: the allocator settings apply on glibc Linux, and can be declined."""
+"""wm_jax.core.runtime: the allocator settings apply on glibc Linux, and can be declined."""
 
 import platform
 
 import pytest
 
-from wm_jax import runtime
+from wm_jax.core import runtime
 
 
 def test_tune_malloc_declined_by_environment(monkeypatch):
@@ -30,7 +30,7 @@ def test_tune_malloc_applies_on_glibc_and_is_idempotent(monkeypatch):
 
 PEAK_PROBE = """
 import json, numpy as np
-from wm_jax import runtime
+from wm_jax.core import runtime
 runtime.reset_peak_memory()
 before = runtime.peak_memory_mb()["process"]
 block = np.ones(50_000_000, np.float32)  # 200 MB, every page touched

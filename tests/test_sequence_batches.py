@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from wm_jax import mdn_rnn, mdn_rnn_train, training_loop
 from wm_jax.data import EncodedEpisode, EpisodeStore, sequence_batches
+from wm_jax.models import mdn_rnn
+from wm_jax.train import mdn_rnn_train, training_loop
 
 
 def encoded_episode(index: int, length: int) -> EncodedEpisode:

@@ -1,5 +1,6 @@
 """Every agent committed under agents/: its manifest checks out, it loads without pickle, and it
-plays a short real episode (the published score itself is re-measured with wm_jax.evaluate)."""
+plays a short real episode (the published score itself is re-measured with
+wm_jax.pipeline.evaluate)."""
 
 import json
 import math
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wm_jax import agents, play
+from wm_jax.pipeline import agents, play
 
 AGENTS = Path(__file__).resolve().parents[1] / "agents"
 SHIPPED = sorted(p.parent for p in AGENTS.glob("*/manifest.json"))

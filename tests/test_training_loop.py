@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from wm_jax import checkpoint, training_loop
+from wm_jax.core import checkpoint
+from wm_jax.train import training_loop
 
 _OPTIMIZER = optax.adam(0.1)
 

@@ -1,5 +1,5 @@
-"""Tests for wm_jax.vae (V): shapes, parameter counts, the fast stride-2 layers against flax's,
-a probe problem, no re-tracing, bad input and divergence errors."""
+"""Tests for wm_jax.models.vae (V): shapes, parameter counts, the fast stride-2 layers against
+flax's, a probe problem, no re-tracing, bad input and divergence errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wm_jax import strided_conv, vae
+from wm_jax.models import strided_conv, vae
 
 # Batch 4: the compiled train step is shared by every test that trains (make_train is cached).
 PROBE_TRAIN = vae.VAETrainConfig(batch_size=4, learning_rate=1e-3)

@@ -57,7 +57,7 @@ def encode_store(
     import jax
     from tqdm.auto import tqdm
 
-    from wm_jax import vae
+    from wm_jax.models import vae
 
     fingerprint = params_fingerprint(vae_params)
     meta = {"source": str(store.root.resolve()), "vae_params_sha256": fingerprint}

@@ -254,7 +254,7 @@ def sequence_batches(
             f"need batch_size ≥ 1, seq_len ≥ 1, start_batch ≥ 0; got {batch_size}, {seq_len}, "
             f"{start_batch}"
         )
-    from wm_jax.mdn_rnn_train import SequenceBatch
+    from wm_jax.train.mdn_rnn_train import SequenceBatch
 
     words = _seed_words(seed)
     episodes = load_encoded(encoded_store)

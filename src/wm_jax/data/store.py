@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 import zipfile
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from wm_jax.core.files import atomic_write
 
 MANIFEST = "manifest.json"
 META = "meta.json"
@@ -108,22 +109,6 @@ def _npz_bytes(arrays: dict[str, np.ndarray], compresslevel: int) -> bytes:
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, array_bytes.getvalue(), compresslevel=compresslevel)
     return buffer.getvalue()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Writes a temp file in the same folder, then renames it over `path`."""
-    path = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def write_episode_file(

@@ -60,7 +60,7 @@ class GameSpec:
     compresslevel: int = 6  # zlib level of the stored episodes
     # "module:attribute" of the preset builder (spec, scale, seed, train_in) -> ExperimentConfig,
     # and settings ("section.field=value") applied after it, per scale.
-    preset: str = "wm_jax.presets:dream_game"
+    preset: str = "wm_jax.pipeline.presets:dream_game"
     preset_overrides: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self):
@@ -251,7 +251,7 @@ register_game(
             "brake": (0.0, -1.0, 1.0),
         },
         probe_episodes=3,  # up to 1,000 frames at ~350 frames/s per episode
-        preset="wm_jax.presets:car_racing",
+        preset="wm_jax.pipeline.presets:car_racing",
     )
 )
 # Doom TakeCover: World Models §4: C trained only in the dream, which pays +1 a step survived;
@@ -272,7 +272,7 @@ register_game(
         mirror_signs=(-1.0,),  # thirds: left <-> right, stay stays; the room is symmetric
         min_frames=100,  # World Models code: random episodes under 100 frames dropped
         compresslevel=3,  # level 6 costs ~0.6 ms a frame, more than playing it, for 4% less disk
-        preset="wm_jax.presets:doom_take_cover",
+        preset="wm_jax.pipeline.presets:doom_take_cover",
     )
 )
 # Not in the paper: JAX-native gymnax games for fast demos; M predicts reward and done.

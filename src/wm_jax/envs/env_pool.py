@@ -1,7 +1,7 @@
 """Worker processes that each hold one real game, driven through pipes with arrays only.
 
 Kept free of JAX so that spawning a worker imports only the game (`wm_jax.envs`), not the
-accelerator stack; `wm_jax.real_rollout` batches the networks for all workers.
+accelerator stack; `wm_jax.envs.real_rollout` batches the networks for all workers.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ and `default_params` says how to build them.
 Those libraries hold the params as constants of their own jitted functions (their `self` is
 static), so a new M or τ there means a new wrapper or problem and one compile; pass params
 explicitly to this module's functions (`env.step(key, state, action, params)`,
-`wm_jax.dream_rollout`) to keep them traced.
+`wm_jax.dream.rollout`) to keep them traced.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from wm_jax import mdn_rnn, vae
 from wm_jax.envs import registry
+from wm_jax.models import mdn_rnn, vae
 
 REWARD_KINDS = registry.REWARD_KINDS
 
@@ -96,7 +96,7 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
             raise DreamNotTrainableError(
                 "cannot train in the dream with reward='model': this M has no reward head "
                 "(MDNRNNConfig.predict_reward=False). Train M with predict_reward=True, or "
-                "train the controller in the real game (wm_jax.evolve_real.train_in_real)."
+                "train the controller in the real game (wm_jax.es.evolve_real.train_in_real)."
             )
         if inputs[0] != "z" or any(name not in ("z", "c", "h") for name in inputs):
             raise ValueError(f"inputs must start with 'z' and name z, c, h; got {inputs}")
@@ -269,7 +269,7 @@ def make_dream(game: str, config: mdn_rnn.MDNRNNConfig) -> tuple[DreamEnv, int]:
             f"cannot train {game} in the dream: its M has no reward head "
             "(MDNRNNConfig.predict_reward=False), so the dream has no reward to maximise. "
             "Train M with predict_reward=True, or evolve the controller in the real game "
-            "(wm_jax.evolve_real.train_in_real), as the paper did."
+            "(wm_jax.es.evolve_real.train_in_real), as the paper did."
         )
     env = DreamEnv(config, reward=spec.dream_reward, inputs=spec.controller_inputs)
     return env, spec.max_steps

@@ -1,11 +1,11 @@
 """The host-side loop around CMA-ES generations: log, evaluate the ES mean, checkpoint.
 
-Shared by C's training in the dream (`wm_jax.evolve`) and in the real game
-(`wm_jax.evolve_real`). brax's ppo `train.py` pattern: the jitted or worker-pool work happens in
+Shared by C's training in the dream (`wm_jax.es.evolve`) and in the real game
+(`wm_jax.es.evolve_real`). brax's ppo `train.py` pattern: the jitted or worker-pool work happens in
 `advance`; Python only logs (JSONL, tqdm), evaluates every `eval_every` generations and
 checkpoints every `checkpoint_every`, so a Ctrl-C or a kill loses at most that many generations.
 
-`state` is a `wm_jax.evolve.EvolveState` and `config` an `EvolveConfig` (duck-typed here so this
+`state` is a `wm_jax.es.evolve.EvolveState` and `config` an `EvolveConfig` (duck-typed here so this
 module sits below `evolve` in the import graph).
 """
 
@@ -23,7 +23,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from wm_jax import checkpoint, controller, training_loop
+from wm_jax.core import checkpoint
+from wm_jax.models import controller
+from wm_jax.train import training_loop
 
 
 def record_eval(state: Any, eval_returns: np.ndarray) -> tuple[Any, float]:

@@ -1,8 +1,8 @@
 """The stages of an experiment, each resumable, each reading and writing the run folder.
 
 collect → train_vae → encode → train_mdn_rnn → train_controller → evaluate (→ report, in
-`wm_jax.report`). A stage returns a JSON summary that `wm_jax.experiment` records; its outputs
-live in the run folder (`RunPaths`), so a rerun skips or resumes it.
+`wm_jax.pipeline.report`). A stage returns a JSON summary that `wm_jax.pipeline.experiment`
+records; its outputs live in the run folder (`RunPaths`), so a rerun skips or resumes it.
 """
 
 from __future__ import annotations
@@ -16,23 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import (
-    checkpoint,
-    controller,
-    dream,
-    evolve,
-    evolve_real,
-    mdn_rnn_train,
-    training_loop,
-    vae,
-)
-from wm_jax.config import ExperimentConfig
+from wm_jax import dream
+from wm_jax.core import checkpoint
 from wm_jax.data import EpisodeStore, encode_store, frame_batches, load_encoded, sequence_batches
 from wm_jax.data.done_records import require_done_records
 from wm_jax.data.store import NoEpisodesError
 from wm_jax.envs import DriverMix, game_spec, random_policy
 from wm_jax.envs.collect import collect as collect_episodes
-from wm_jax.run_folder import RunPaths
+from wm_jax.es import evolve, evolve_real
+from wm_jax.models import controller, vae
+from wm_jax.pipeline.config import ExperimentConfig
+from wm_jax.pipeline.run_folder import RunPaths
+from wm_jax.train import mdn_rnn_train, training_loop
 
 
 def _workers(requested: int) -> int:
@@ -264,7 +259,7 @@ def train_controller(
             key, env, env_params, c_config, config.evolve, config.controller.generations, **common
         )
     else:
-        from wm_jax import real_rollout  # host processes: only when training in the real game
+        from wm_jax.envs import real_rollout  # host processes: only when training in the real game
 
         pool = real_rollout.EnvPool.for_game(config.game, _workers(config.evaluate.workers))
         try:
@@ -314,7 +309,7 @@ def final_controller(state: evolve.EvolveState) -> ControllerResult:
 
 def real_models(config: ExperimentConfig, paths: RunPaths, c_config):
     """V (and M, when C reads its state) for playing the real game."""
-    from wm_jax import real_rollout
+    from wm_jax.envs import real_rollout
 
     if not c_config.uses_memory:
         return real_rollout.RealModels(load_vae(config, paths))
@@ -329,13 +324,29 @@ def load_controller(paths: RunPaths) -> np.ndarray:
     return np.asarray(restored["flat_params"])
 
 
+def controller_policy(config: ExperimentConfig, paths: RunPaths, **kwargs: Any):
+    """The finished run's V, M and C as a collection policy (`ControllerPolicy`; §5 rounds)."""
+    from wm_jax.envs.controller_policy import ControllerPolicy
+
+    c_config = controller_config(config)
+    models = real_models(config, paths, c_config)
+    return ControllerPolicy(
+        c_config,
+        load_controller(paths),
+        models.vae_params,
+        models.m_config,
+        models.m_params,
+        **kwargs,
+    )
+
+
 # -------------------------------------------------------------------------------------------
 # evaluation
 
 
 def evaluate(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any]:
     """The trained C in the real game on unseen seeds (and in the dream, for the Doom table)."""
-    from wm_jax import evaluate as evaluation
+    from wm_jax.pipeline import evaluate as evaluation
 
     c_config = controller_config(config)
     flat = load_controller(paths)

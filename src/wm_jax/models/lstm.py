@@ -1,7 +1,7 @@
 """M's LSTM: one step, and the whole teacher-forced sequence with a cuDNN-style backward pass.
 
-`wm_jax.mdn_rnn` builds the MDN-RNN on these. The state is zeroed where a restart flag is set,
-*before* the step (World Models code, doomrnn.py: the flag starts a new episode inside a
+`wm_jax.models.mdn_rnn` builds the MDN-RNN on these. The state is zeroed where a restart flag is
+set, *before* the step (World Models code, doomrnn.py: the flag starts a new episode inside a
 training window). A sequence starts from a given state and returns its final one, so training
 can carry the state from one window of an episode stream to the next (doomrnn's rnn_train.py).
 """

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from wm_jax import controller, mdn_rnn, vae
-from wm_jax.env_pool import EnvPool, WorkerError
+from wm_jax.envs.env_pool import EnvPool, WorkerError
+from wm_jax.models import controller, mdn_rnn, vae
 
 __all__ = [
     "EnvPool",
@@ -269,7 +269,7 @@ def population_evaluator(
     **kwargs,
 ) -> Callable[[jax.Array, np.ndarray, np.ndarray], np.ndarray]:
     """`evaluate_fn(key, flat_params (P, D), seeds (P, R)) -> returns (P, R)` for
-    `wm_jax.evolve_real.train_in_real`."""
+    `wm_jax.es.evolve_real.train_in_real`."""
 
     def evaluate_fn(key, flat_params, seeds):
         seeds = np.asarray(seeds)

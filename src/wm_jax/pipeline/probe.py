@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import dream_rollout
+from wm_jax.dream import rollout as dream_rollout
 from wm_jax.envs import registry
 
 # Fixed actions worth probing, as controller outputs in [-1, 1]: a view of each game's
@@ -67,7 +67,7 @@ def real_episodes(
     game: str, action, episodes: int, max_steps: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns and lengths (episodes,) of real episodes that play `action` (A,) every frame."""
-    from wm_jax.evaluate import play_in_process
+    from wm_jax.pipeline.evaluate import play_in_process
 
     action = np.asarray(action, np.float32)
     seeds = SEED_OFFSET + np.arange(episodes)
@@ -98,7 +98,7 @@ def probe(config, paths, episodes: int = 20, max_steps: int | None = None) -> li
       "real"), and episode lengths ("dream_length", "real_length": mean, min, max; a dream
       whose M predicts done ends episodes before the cap where the game would).
     """
-    from wm_jax import stages
+    from wm_jax.pipeline import stages
 
     env, env_params = stages.make_dream(config, paths)
     if max_steps is None:

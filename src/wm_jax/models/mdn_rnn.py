@@ -16,9 +16,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from wm_jax.lstm import LSTMState, lstm_layer
-from wm_jax.lstm import reset as _reset
-from wm_jax.lstm import update as _lstm_update
+from wm_jax.models.lstm import LSTMState, lstm_layer
+from wm_jax.models.lstm import reset as _reset
+from wm_jax.models.lstm import update as _lstm_update
 
 Params = Any
 

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
-from wm_jax.checkpoint import atomic_write_json
+from wm_jax.core.checkpoint import atomic_write_json
 
 
 class RunFolderError(Exception):

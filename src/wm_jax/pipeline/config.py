@@ -14,8 +14,10 @@ import types
 import typing
 from typing import Any
 
-from wm_jax import evolve, mdn_rnn, mdn_rnn_train, vae
 from wm_jax.envs import registry
+from wm_jax.es import evolve
+from wm_jax.models import mdn_rnn, vae
+from wm_jax.train import mdn_rnn_train
 
 # Every registered game is an experiment of the same name (`wm_jax.register_game`); both are
 # live views of the registry.
@@ -86,7 +88,8 @@ class EvaluateConfig:
 @dataclasses.dataclass(frozen=True)
 class IterateConfig:
     """World Models §5, after the first C: collect with C (plus noise), retrain M on all the
-    data, re-evolve C in the new dream, evaluate; `iterations` times (`wm_jax.iterative`)."""
+    data, re-evolve C in the new dream, evaluate; `iterations` times
+    (`wm_jax.pipeline.iterative`)."""
 
     iterations: int = 0  # 0: the paper's one-shot pipeline
     episodes: int = 0  # new real episodes per iteration (0: collect.episodes)
@@ -282,7 +285,7 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
 
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Rebuild a config from `to_dict()` output (e.g. a run folder's config.json)."""
-    from wm_jax.presets import preset  # presets build on the classes of this module
+    from wm_jax.pipeline.presets import preset  # presets build on the classes of this module
 
     kwargs = dict(data)
     for field in dataclasses.fields(ExperimentConfig):

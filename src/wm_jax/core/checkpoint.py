@@ -35,7 +35,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from wm_jax.data.store import atomic_write
+from wm_jax.core.files import atomic_write
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
 # tensorstore (orbax's array writer) reports OS errors as ValueError("...[os_error_code='28']").

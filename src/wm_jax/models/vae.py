@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from wm_jax.strided_conv import Conv4Stride2, ConvTransposeStride2
+from wm_jax.models.strided_conv import Conv4Stride2, ConvTransposeStride2
 
 Params = Any  # flax linen params pytree: {"encoder": {...}, "decoder": {...}}
 Impl = Literal["fast", "flax"]

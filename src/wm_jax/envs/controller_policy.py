@@ -4,9 +4,10 @@ The iterative training procedure (World Models §5) collects new real rollouts w
 controller instead of a random policy. `ControllerPolicy` is a `PolicyFactory`
 (`wm_jax.envs.base`) for `wm_jax.envs.collect.collect`: it holds V's, M's and C's parameters as
 numpy arrays, so it pickles into the spawned collector workers, and each worker builds the
-jitted step on its first episode. The step is `wm_jax.real_rollout.make_policy_step` with a batch
-of one, so a frame is seen exactly as in evaluation: z ~ N(μ, σ²) from V, a = C([z, (c,) h]) on
-M's state before the step, then M consumes [z, a] (Doom: and the restart flag).
+jitted step on its first episode. The step is `wm_jax.envs.real_rollout.make_policy_step`
+with a batch of one, so a frame is seen exactly as in evaluation: z ~ N(μ, σ²) from V,
+a = C([z, (c,) h]) on M's state before the step, then M consumes [z, a] (Doom: and the restart
+flag).
 
 Exploration: C's output plus Gaussian noise of standard deviation `noise`, clipped to [-1, 1].
 The paper only says the controller should explore while collecting; noise on the action is the
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wm_jax import controller, mdn_rnn
+from wm_jax.models import controller, mdn_rnn
 
 if TYPE_CHECKING:
     from wm_jax.envs.base import GameSpec, Policy
@@ -73,22 +74,6 @@ class ControllerPolicy:
         self.sample_z = sample_z
         self.platform = platform
         self._device = None  # (step, vae_params, m_params) on the device, built on first use
-
-    @classmethod
-    def from_run(cls, config, paths, **kwargs: Any) -> ControllerPolicy:
-        """The trained V, M and C of a finished run folder (`wm_jax.stages.RunPaths`)."""
-        from wm_jax import stages
-
-        c_config = stages.controller_config(config)
-        models = stages.real_models(config, paths, c_config)
-        return cls(
-            c_config,
-            stages.load_controller(paths),
-            models.vae_params,
-            models.m_config,
-            models.m_params,
-            **kwargs,
-        )
 
     def __getstate__(self) -> dict[str, Any]:
         # Parameters travel as numpy arrays; the jitted step is rebuilt in the worker.
@@ -162,7 +147,7 @@ class _EpisodePolicy:
 @functools.lru_cache(maxsize=8)
 def _policy_step(c_config, m_config, sample_z):
     # One compiled step per process and configuration, shared by every episode it plays.
-    from wm_jax import real_rollout
+    from wm_jax.envs import real_rollout
 
     return real_rollout.make_policy_step(c_config, m_config, sample_z)
 

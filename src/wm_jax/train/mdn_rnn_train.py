@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from wm_jax import mdn_rnn
-from wm_jax.lstm import LSTMState
-from wm_jax.mdn_rnn import (
+from wm_jax.models import mdn_rnn
+from wm_jax.models.lstm import LSTMState
+from wm_jax.models.mdn_rnn import (
     _LOG_SQRT_2PI,
     MDNOutput,
     MDNRNNConfig,

@@ -10,7 +10,7 @@ V training 77-80 -> 107-111 images/s, M training +10-20% (measured on a loaded 2
 `benchmarks/results/`). The price: freed memory stays with the process (up to the peak it
 reached), and all threads share one malloc arena.
 
-The command-line entry points (`wm_jax.experiment`, `wm_jax.sweep`, `wm_jax.iterative`,
+The command-line entry points (`wm_jax.pipeline.experiment`, `.sweep`, `.iterative`,
 `benchmarks.run`) call `tune_malloc()` first; a library user may call it once at start-up. Set
 `WM_JAX_MALLOC=default` to keep glibc's defaults.
 """

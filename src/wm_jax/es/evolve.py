@@ -2,8 +2,8 @@
 
 A whole generation (ask → population × rollouts × steps → tell) is one jitted function, and
 `generations_per_call` generations run inside one `lax.scan`; the Python loop around it
-(`wm_jax.evolve_loop`) only logs and checkpoints (brax's ppo `train.py`, purejaxrl). The
-configuration and state here also serve training in the real game (`wm_jax.evolve_real`).
+(`wm_jax.es.evolve_loop`) only logs and checkpoints (brax's ppo `train.py`, purejaxrl). The
+configuration and state here also serve training in the real game (`wm_jax.es.evolve_real`).
 
 evosax minimises, so fitness = − mean return over a member's rollouts. Generation g's
 randomness is `fold_in(key, g)`, so a run restored from a checkpoint continues exactly as if it
@@ -25,11 +25,15 @@ from evosax.algorithms import CMA_ES
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wm_jax import controller, dream, dream_rollout, evolve_loop
+from wm_jax import dream
+from wm_jax.dream import rollout as dream_rollout
+from wm_jax.es import evolve_loop
+from wm_jax.models import controller
 
 # Real-game seeds: training episodes use [0, SELECTION_SEED_OFFSET), the every-`eval_every`
 # evaluations of the ES mean [SELECTION_SEED_OFFSET, TRAIN_SEED_LIMIT), and the final evaluation
-# (`wm_jax.evaluate`) TRAIN_SEED_LIMIT onwards, so it never sees a track or level seen in training.
+# (`wm_jax.pipeline.evaluate`) TRAIN_SEED_LIMIT onwards, so it never sees a track or level seen
+# in training.
 SELECTION_SEED_OFFSET = 9_000_000
 TRAIN_SEED_LIMIT = 10_000_000
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from wm_jax import checkpoint
+from wm_jax.core import checkpoint
 
 
 class TrainingDivergedError(FloatingPointError):

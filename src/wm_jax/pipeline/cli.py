@@ -15,9 +15,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from wm_jax import config as cfg
-from wm_jax import run_folder
 from wm_jax.data.store import NoEpisodesError
+from wm_jax.pipeline import config as cfg
+from wm_jax.pipeline import run_folder
 
 # Errors of the data the user can fix: no readable episodes, a store without done records.
 USER_ERRORS: tuple[type[Exception], ...] = (NoEpisodesError,)
@@ -48,8 +48,8 @@ def user_error(err: BaseException) -> str | None:
 
     orbax and asyncio wrap I/O errors in their own; the chain of causes is searched for them.
     """
-    from wm_jax.checkpoint import CheckpointError
-    from wm_jax.training_loop import TrainingDivergedError
+    from wm_jax.core.checkpoint import CheckpointError
+    from wm_jax.train.training_loop import TrainingDivergedError
 
     seen = set()
     cause: BaseException | None = err

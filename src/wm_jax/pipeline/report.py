@@ -20,10 +20,13 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from wm_jax import mdn_rnn, vae  # noqa: E402
-from wm_jax.config import STAGES, ExperimentConfig  # noqa: E402
 from wm_jax.data import EpisodeStore  # noqa: E402
-from wm_jax.training_loop import read_jsonl  # noqa: E402
+from wm_jax.models import (
+    mdn_rnn,
+    vae,  # noqa: E402
+)
+from wm_jax.pipeline.config import STAGES, ExperimentConfig  # noqa: E402
+from wm_jax.train.training_loop import read_jsonl  # noqa: E402
 
 # World Models, Tables 1 and 2 (../shared/PAPER.md).
 PAPER_CAR_RACING = {
@@ -242,7 +245,7 @@ def data_lines(summary: dict[str, Any]) -> list[str]:
 def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[str, Any]:
     """Draw every figure into `DIR/report/` and write `DIR/report/report.md`."""
     del progress
-    from wm_jax import stages
+    from wm_jax.pipeline import stages
 
     out = paths.report
     out.mkdir(parents=True, exist_ok=True)
@@ -277,7 +280,7 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
 
     fixed_actions = None
     if config.mdn_rnn.predict_done or config.mdn_rnn.predict_reward:
-        from wm_jax import probe  # plays the real game: only for dreams that pay something
+        from wm_jax.pipeline import probe  # plays the real game: only for dreams that pay something
 
         episodes = min(probe.REPORT_EPISODES[config.game], config.evaluate.episodes)
         fixed_actions = probe.probe(config, paths, episodes=episodes)
@@ -326,7 +329,7 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
             "",
             "Each action played every step (dream at "
             f"τ = {config.controller.temperature}). A dream paying far more than the game for "
-            "one of them is an exploit C is likely to find (see `wm_jax.probe`).",
+            "one of them is an exploit C is likely to find (see `wm_jax.pipeline.probe`).",
             "",
             probe.markdown(fixed_actions),
         ]

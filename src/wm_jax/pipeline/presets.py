@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from wm_jax import evolve, mdn_rnn, mdn_rnn_train, vae
-from wm_jax.config import (
+from wm_jax.envs import registry
+from wm_jax.envs.registry import GameSpec
+from wm_jax.es import evolve
+from wm_jax.models import mdn_rnn, vae
+from wm_jax.pipeline.config import (
     EXPERIMENTS,
     SCALES,
     CollectConfig,
@@ -25,8 +28,7 @@ from wm_jax.config import (
     IterateConfig,
     apply_overrides,
 )
-from wm_jax.envs import registry
-from wm_jax.envs.registry import GameSpec
+from wm_jax.train import mdn_rnn_train
 
 
 def _paper_config(spec: GameSpec, seed: int, **sections) -> ExperimentConfig:

@@ -1,7 +1,7 @@
 """CMA-ES for C in the real game, as the paper trained CarRacing's controller (§3.3, Appendix).
 
 Each generation: ask (jitted) → the population's rollouts on the worker pool
-(`wm_jax.real_rollout`) → tell (jitted). Training episodes use game seeds below
+(`wm_jax.envs.real_rollout`) → tell (jitted). Training episodes use game seeds below
 `evolve.SELECTION_SEED_OFFSET`, each seed once per run, so no track is seen twice and none
 reaches the evaluation seeds.
 """
@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import controller, evolve, evolve_loop
+from wm_jax.es import evolve, evolve_loop
+from wm_jax.models import controller
 
 
 def train_seeds(generation: int, population_size: int, rollouts_per_member: int) -> np.ndarray:

@@ -1,0 +1,2 @@
+"""Pieces below everything else: atomic files and orbax checkpoints (`checkpoint`), symlinked
+shared folders (`links`), process-wide speed settings and peak memory (`runtime`)."""

@@ -1,0 +1,364 @@
+"""Run a World Models experiment end to end: `python -m wm_jax.experiment doom_take_cover`.
+
+Stages: collect → train_vae → encode → train_mdn_rnn → train_controller → evaluate → report.
+Each writes into the run folder and records itself in `DIR/stages/<stage>.json` when complete;
+a rerun skips complete stages and resumes interrupted ones from their checkpoints. `--stages`
+reruns the stages it names from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import textwrap
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from wm_jax.core import runtime
+from wm_jax.core.checkpoint import CheckpointError, atomic_write_json
+from wm_jax.pipeline import config as cfg
+from wm_jax.pipeline import run_folder
+from wm_jax.pipeline.cli import run_command
+from wm_jax.pipeline.presets import expected_wall_time, preset
+
+# Settings that may differ when a run is resumed (they do not change what is computed).
+_RESUMABLE_CHANGES = {("collect", "workers"), ("evaluate", "workers")}
+# The §5 rounds run after the run's own stages: more of them, or other settings for rounds not
+# run yet, continue a finished run (a round already run refuses other settings itself).
+_RESUMABLE_SECTIONS = {"iterate"}
+PACKAGES = (
+    "wm_jax",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "evosax",
+    "gymnax",
+    "orbax-checkpoint",
+    "gymnasium",
+    "vizdoom",
+    "numpy",
+)
+
+
+def _settings_help() -> str:
+    lines = []
+    example = preset("doom_take_cover", "paper")
+    for section in cfg.SECTIONS:
+        sub = getattr(example, section)
+        names = ", ".join(f.name for f in dataclasses.fields(sub))
+        lines.append(f"  {section}: {names}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m wm_jax.experiment",
+        description="World Models end to end: collect, V, encode, M, C, evaluate, report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            f"""\
+            experiments: {", ".join(cfg.EXPERIMENTS)}
+            scales: smoke (minutes, CI), small (about an hour on a laptop CPU), paper
+            stages: {" → ".join(cfg.STAGES)}
+
+            settings (--set section.field=value; see wm_jax.pipeline.presets for each preset):
+            """
+        )
+        + _settings_help()
+        + "\n\nexample: python -m wm_jax.experiment doom_take_cover --scale small "
+        "--set controller.temperature=1.3",
+    )
+    parser.add_argument("experiment", choices=cfg.EXPERIMENTS)
+    parser.add_argument("--scale", choices=cfg.SCALES, default="small")
+    parser.add_argument("--run-dir", type=Path, default=None, help="default runs/EXPERIMENT-SCALE")
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=cfg.STAGES,
+        default=None,
+        help="rerun these stages, and the ones after them, from scratch (default: every stage "
+        "not yet complete)",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="rounds of the paper's iterative training (§5) after the first C (the same as "
+        "--set iterate.iterations=N; default: the preset's)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changes = []
+    for section in set(old) | set(new):
+        a, b = old.get(section), new.get(section)
+        if (a is None and isinstance(b, dict)) or section in _RESUMABLE_SECTIONS:
+            continue  # a section newer than the run (its defaults), or one that may change
+        if isinstance(a, dict) and isinstance(b, dict):
+            for name in sorted(set(a) | set(b)):
+                if name not in a:  # a setting newer than the run: it takes its default
+                    continue
+                if a.get(name) != b.get(name) and (section, name) not in _RESUMABLE_CHANGES:
+                    changes.append(f"{section}.{name}: {a.get(name)!r} -> {b.get(name)!r}")
+        elif a != b:
+            changes.append(f"{section}: {a!r} -> {b!r}")
+    return changes
+
+
+def prepare_run_dir(run_dir: Path, config: cfg.ExperimentConfig) -> None:
+    """Create the run folder and its config.json, or check a resumed run has the same config."""
+    path = run_dir / "config.json"
+    if path.is_file():
+        changes = _diff(json.loads(path.read_text()), json.loads(json.dumps(config.to_dict())))
+        if changes:
+            raise cfg.ConfigError(
+                f"{path} was written with other settings ({'; '.join(changes)}); resume with "
+                "the same settings or choose a new --run-dir"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, config.to_dict())
+
+
+def environment_info() -> dict[str, Any]:
+    import jax
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    device = jax.devices()[0]
+    return {
+        "versions": versions,
+        "device": {
+            "platform": device.platform,
+            "kind": device.device_kind,
+            "count": jax.device_count(),
+        },
+        "python": sys.version.split()[0],
+        "machine": platform.platform(),
+        "cpus": __import__("os").cpu_count(),
+        "malloc": runtime.malloc_mode(),
+    }
+
+
+def build_config(
+    experiment: str, scale: str, seed: int, overrides: list[str]
+) -> cfg.ExperimentConfig:
+    """The preset with the `section.field=value` settings applied.
+
+    Where C trains decides the rest of a preset (CarRacing: the dream, or the paper's real
+    game), so `controller.train_in=...` picks the preset before the other settings apply.
+    """
+    key = "controller.train_in="
+    train_in = [item.partition("=")[2].strip() for item in overrides if item.startswith(key)]
+    base = preset(experiment, scale, seed, train_in=train_in[-1] if train_in else None)
+    return cfg.apply_overrides(base, overrides)
+
+
+def run(
+    experiment: str,
+    scale: str = "small",
+    run_dir: str | Path | None = None,
+    stages: list[str] | None = None,
+    overrides: list[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) an experiment; returns the contents of `DIR/results.json`.
+
+    The run folder is locked for the whole run (`run_folder.RunLock`) and its console output
+    goes to `DIR/run.log` too.
+    """
+    config = build_config(experiment, scale, seed, overrides or [])
+    run_dir = Path(run_dir or Path("runs") / f"{experiment}-{scale}")
+    with run_folder.held(run_dir):
+        wall_time = expected_wall_time(experiment, scale, config.iterate.iterations)
+        print(f"{experiment} at scale {scale} in {run_dir}: {wall_time}", flush=True)
+        prepare_run_dir(run_dir, config)
+        results = run_config(config, run_dir, stages, progress)
+        if config.iterate.iterations:
+            results = run_iterations(config, run_dir, progress)
+        return results
+
+
+def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) -> dict:
+    """World Models §5 on the finished run (`config.iterate`); the rows of each iteration's
+    dream and real scores go into results.json (`iterations`), the last one is `final`."""
+    from wm_jax.pipeline import iterative
+
+    settings = config.iterate
+    rows = iterative.run(
+        run_dir,
+        settings.iterations,
+        settings.episodes or None,
+        settings.noise,
+        list(settings.overrides),
+        warm_start=not settings.fresh_controller,
+        progress=progress,
+    )
+    print(iterative.write_summary(run_dir / "iterations", rows), flush=True)
+    results = json.loads((run_dir / "results.json").read_text())
+    results["iterations"] = rows
+    results["final"] = {"iteration": rows[-1]["iteration"], **rows[-1]["real"]}
+    atomic_write_json(run_dir / "results.json", results)
+    return results
+
+
+# What each stage reads (besides the config): its record is stale when one of these changed.
+UPSTREAM = {stage: cfg.STAGES[:i] for i, stage in enumerate(cfg.STAGES)}
+
+
+def run_config(
+    config: cfg.ExperimentConfig,
+    run_dir: Path,
+    stages: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the stages of `config` in a prepared run folder (see `prepare_run_dir`).
+
+    `stages`: rerun these and every stage after them from scratch (each stage reads the
+    outputs of the ones before it).
+    """
+    from wm_jax.pipeline import report
+    from wm_jax.pipeline import stages as stage_lib
+
+    paths = run_folder.RunPaths(run_dir)
+    functions = {
+        "collect": stage_lib.collect,
+        "train_vae": stage_lib.train_vae,
+        "encode": stage_lib.encode,
+        "train_mdn_rnn": stage_lib.train_mdn_rnn,
+        "train_controller": stage_lib.train_controller,
+        "evaluate": stage_lib.evaluate,
+        "report": report.make_report,
+    }
+    first = min((cfg.STAGES.index(stage) for stage in stages or []), default=len(cfg.STAGES))
+    run_folder.invalidate(run_dir, cfg.STAGES[first:])
+    for stage in cfg.STAGES:
+        upstream = UPSTREAM[stage]
+        inputs = run_folder.current_inputs(run_dir, upstream)
+        if run_folder.is_current(run_dir, stage, upstream):
+            print(
+                f"[{stage}] complete, skipped ({run_folder.record_path(run_dir, stage)})",
+                flush=True,
+            )
+            continue
+        started = run_folder.started_inputs(run_dir, stage)
+        if run_folder.read_record(run_dir, stage) is not None or (
+            started is not None and started != inputs
+        ):
+            # Built (or begun) from other versions of the stages before it: start afresh.
+            print(f"[{stage}] stale (an earlier stage was rerun): starting it afresh", flush=True)
+            run_folder.invalidate(run_dir, [stage])
+        run_folder.mark_started(run_dir, stage, inputs)
+        print(f"[{stage}] running", flush=True)
+        # Time spent by earlier, interrupted attempts at this stage (a Ctrl-C, SIGTERM or an
+        # error records it; a SIGKILL cannot), so a resumed stage reports its whole wall time.
+        partial = run_folder.record_path(run_dir, stage, "partial")
+        earlier = json.loads(partial.read_text())["seconds"] if partial.is_file() else 0.0
+        start = time.perf_counter()
+        runtime.reset_peak_memory()  # each stage's own peak, not the process's so far
+        try:
+            summary = functions[stage](config, paths, progress=progress)
+        except BaseException as err:
+            atomic_write_json(partial, {"seconds": earlier + time.perf_counter() - start})
+            if isinstance(err, CheckpointError):
+                raise CheckpointError(
+                    f"[{stage}] {err}; {run_folder.rebuild_hint(str(err))}"
+                ) from err
+            raise
+        seconds = earlier + time.perf_counter() - start
+        run_folder.write_record(
+            run_dir, stage, summary, seconds, inputs, peak_memory_mb=runtime.peak_memory_mb()
+        )
+        partial.unlink(missing_ok=True)
+        run_folder.record_path(run_dir, stage, "started").unlink(missing_ok=True)
+        print(f"[{stage}] done in {seconds:.1f} s", flush=True)
+        write_results(config, run_dir)
+    return write_results(config, run_dir)
+
+
+def write_results(config: cfg.ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """Gather the stage records into `DIR/results.json`."""
+    records = {}
+    for stage in cfg.STAGES:
+        if run_folder.is_current(run_dir, stage, UPSTREAM[stage]):
+            records[stage] = run_folder.read_record(run_dir, stage)
+    summary = {stage: record["summary"] for stage, record in records.items()}
+    results = {
+        "experiment": config.experiment,
+        "scale": config.scale,
+        "seed": config.seed,
+        **environment_info(),
+        "wall_time_s": {stage: record["seconds"] for stage, record in records.items()},
+        # Peak resident memory per stage (this process during the stage; the largest worker
+        # process so far), as `runtime.peak_memory_mb` measures it; None in older records.
+        "peak_memory_mb": {
+            stage: record.get("peak_memory_mb") for stage, record in records.items()
+        },
+        "peak_memory_mb_overall": max(
+            (
+                value
+                for record in records.values()
+                for value in (record.get("peak_memory_mb") or {}).values()
+                if value is not None
+            ),
+            default=None,
+        ),
+        "vae_final_loss": summary.get("train_vae", {}).get("final_loss"),
+        "mdn_rnn_final_loss": summary.get("train_mdn_rnn", {}).get("final_loss"),
+        "controller": summary.get("train_controller"),
+        "evaluation": summary.get("evaluate"),
+        "stages": summary,
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    runtime.tune_malloc()  # before XLA's first allocations
+    args = parse_args(argv)
+    iterations = [] if args.iterations is None else [f"iterate.iterations={args.iterations}"]
+    hint = "rerun the same command to resume"
+    if args.stages:
+        hint = "rerun without --stages to resume (the same --stages starts those stages over)"
+    try:
+        results = run_command(
+            lambda: run(
+                args.experiment,
+                args.scale,
+                args.run_dir,
+                args.stages,
+                args.overrides + iterations,
+                args.seed,
+                progress=not args.no_progress,
+            ),
+            resume_hint=hint,
+        )
+    except SystemExit as exit_:
+        return int(exit_.code)
+    evaluation = results.get("final") or results.get("evaluation") or {}
+    if evaluation.get("mean") is not None:
+        print(
+            f"real-game score over {evaluation.get('episodes')} episodes: "
+            f"{evaluation.get('mean'):.1f} ± {evaluation.get('std'):.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
