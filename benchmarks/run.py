@@ -35,7 +35,7 @@ from wm_jax.core import runtime
 from wm_jax.dream import rollout as dream_rollout
 from wm_jax.es import evolve
 from wm_jax.models import controller, mdn_rnn, vae
-from wm_jax.train import mdn_rnn_train
+from wm_jax.train import mdn_rnn_train, vae_train
 
 SECTIONS = ("dream", "cma", "vae", "mdn", "collect", "car_racing")
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -543,7 +543,9 @@ def bench_vae(settings: Settings, tch: Torch | None) -> dict[str, Any]:
     """V training images/s (Adam, batch `vae_batch`), wm_jax vs eager torch."""
     batch = settings.vae_batch
     frames = np.random.default_rng(0).integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
-    init_state, train_step = vae.make_train(vae.CAR_RACING, vae.VAETrainConfig(batch_size=batch))
+    init_state, train_step = vae_train.make_train(
+        vae.CAR_RACING, vae_train.VAETrainConfig(batch_size=batch)
+    )
     holder = {"state": jax.jit(init_state)(jax.random.key(0))}
     frames_jax = jnp.asarray(frames)
     key = jax.random.key(1)

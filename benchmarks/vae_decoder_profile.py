@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/vae_decoder_profile.py [--batch 100] [--repeats 7] [--ablation]
 
-``fast`` and ``flax`` time `wm_jax.models.vae.make_train`'s own jitted ``train_step`` with
+``fast`` and ``flax`` time `wm_jax.models.vae_train.make_train`'s own jitted ``train_step`` with
 ``impl="fast"`` (the default: `conv_stride2` / `conv_transpose_stride2`) and ``impl="flax"``
 (plain ``nn.Conv`` + ``nn.ConvTranspose``). ``--ablation`` adds the mixed variants (fast encoder
 with flax decoder and the reverse) through a copy of the same update. Each variant is compiled,
@@ -23,10 +23,11 @@ import numpy as np
 import optax
 
 from wm_jax.models import vae
+from wm_jax.train import vae_train
 
 
 def mixed_step(config: vae.VAEConfig, learning_rate: float, encoder_impl: str, decoder_impl: str):
-    """`vae.make_train`'s update with the encoder and decoder impls chosen apart."""
+    """`vae_train.make_train`'s update with the encoder and decoder impls chosen apart."""
     optimizer = optax.adam(learning_rate)
     encoder, decoder = vae.Encoder(config.latent_dim, encoder_impl), vae.Decoder(decoder_impl)
 
@@ -41,7 +42,7 @@ def mixed_step(config: vae.VAEConfig, learning_rate: float, encoder_impl: str, d
         value, grads = jax.value_and_grad(loss)(state.params, key, vae.frames_to_float(frames))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return vae.VAETrainState(params, opt_state, state.step + 1), {"loss": value}
+        return vae_train.VAETrainState(params, opt_state, state.step + 1), {"loss": value}
 
     return jax.jit(train_step, donate_argnums=1)
 
@@ -99,12 +100,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{jax.devices()} jax {jax.__version__}, batch {args.batch}, repeats {args.repeats}")
     config = vae.VAEConfig(args.latent_dim)
-    train_config = vae.VAETrainConfig(batch_size=args.batch)
+    train_config = vae_train.VAETrainConfig(batch_size=args.batch)
     rng = np.random.default_rng(0)
     frames = jnp.asarray(rng.integers(0, 256, (args.batch, 64, 64, 3), dtype=np.uint8))
     results = {}
     for impl in ("flax", "fast"):
-        init_state, train_step = vae.make_train(config, train_config, impl=impl)
+        init_state, train_step = vae_train.make_train(config, train_config, impl=impl)
         state = init_state(jax.random.key(0))
         results[impl] = time_step(impl, train_step, state, frames, args.repeats)
     (fast, fast_loss), (flax, flax_loss) = results["fast"], results["flax"]
@@ -114,7 +115,7 @@ def main() -> None:
     difference = gradient_difference(config, frames[:8])
     print(f"loss gradients fast vs flax (batch 8): max relative difference {difference:.1e}")
     if args.ablation:
-        init_state, _ = vae.make_train(config, train_config)
+        init_state, _ = vae_train.make_train(config, train_config)
         for encoder_impl, decoder_impl in [("fast", "flax"), ("flax", "fast")]:
             step = mixed_step(config, train_config.learning_rate, encoder_impl, decoder_impl)
             label = f"{encoder_impl}/{decoder_impl}"

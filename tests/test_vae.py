@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from wm_jax.models import strided_conv, vae
+from wm_jax.train import vae_train
 
 # Batch 4: the compiled train step is shared by every test that trains (make_train is cached).
-PROBE_TRAIN = vae.VAETrainConfig(batch_size=4, learning_rate=1e-3)
+PROBE_TRAIN = vae_train.VAETrainConfig(batch_size=4, learning_rate=1e-3)
 PROBE_STEPS = 100
 
 
@@ -40,10 +41,12 @@ def params():
 
 @pytest.fixture(scope="module")
 def probe_run():
-    """Trains V on the probe frames through `vae.train`, fed by a generator."""
+    """Trains V on the probe frames through `vae_train.train`, fed by a generator."""
     frames = probe_frames()
     consumed, losses, cache_sizes = [], [], []
-    _, train_step = vae.make_train(vae.CAR_RACING, PROBE_TRAIN)  # cached: the one `train` uses
+    _, train_step = vae_train.make_train(
+        vae.CAR_RACING, PROBE_TRAIN
+    )  # cached: the one `train` uses
 
     def on_step(step, metrics):
         losses.append((step, metrics))
@@ -54,7 +57,7 @@ def probe_run():
             consumed.append(i)
             yield frames
 
-    state = vae.train(
+    state = vae_train.train(
         jax.random.key(1),
         vae.CAR_RACING,
         PROBE_TRAIN,
@@ -267,7 +270,7 @@ def test_encode_rejects_uint8(params):
 
 
 def test_train_step_rejects_non_uint8_and_bad_shapes():
-    init_state, train_step = vae.make_train(vae.CAR_RACING, PROBE_TRAIN)
+    init_state, train_step = vae_train.make_train(vae.CAR_RACING, PROBE_TRAIN)
     shapes = jax.eval_shape(init_state, jax.random.key(0))
     state = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
     frames = probe_frames()
@@ -310,9 +313,9 @@ def test_nan_loss_raises_naming_the_step(probe_run, start_step, check_every, pro
     state, _, _, _ = probe_run
     nan_params = jax.tree_util.tree_map(lambda p: jnp.full_like(p, jnp.nan), state.params)
     opt_state = jax.tree_util.tree_map(jnp.copy, state.opt_state)  # train donates its state
-    nan_state = vae.VAETrainState(nan_params, opt_state, jnp.asarray(start_step, jnp.int32))
-    with pytest.raises(vae.TrainingDivergedError, match=rf"nan at step {start_step + 1}\b"):
-        vae.train(
+    nan_state = vae_train.VAETrainState(nan_params, opt_state, jnp.asarray(start_step, jnp.int32))
+    with pytest.raises(vae_train.TrainingDivergedError, match=rf"nan at step {start_step + 1}\b"):
+        vae_train.train(
             jax.random.key(2),
             vae.CAR_RACING,
             PROBE_TRAIN,

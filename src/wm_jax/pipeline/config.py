@@ -17,7 +17,7 @@ from typing import Any
 from wm_jax.envs import registry
 from wm_jax.es import evolve
 from wm_jax.models import mdn_rnn, vae
-from wm_jax.train import mdn_rnn_train
+from wm_jax.train import mdn_rnn_train, vae_train
 
 # Every registered game is an experiment of the same name (`wm_jax.register_game`); both are
 # live views of the registry.
@@ -108,7 +108,7 @@ class ExperimentConfig:
     collect: CollectConfig
     data: DataConfig
     vae: vae.VAEConfig
-    vae_train: vae.VAETrainConfig
+    vae_train: vae_train.VAETrainConfig
     mdn_rnn: mdn_rnn.MDNRNNConfig
     mdn_train: mdn_rnn_train.MDNTrainConfig
     controller: ControllerStageConfig

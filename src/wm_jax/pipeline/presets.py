@@ -28,13 +28,13 @@ from wm_jax.pipeline.config import (
     IterateConfig,
     apply_overrides,
 )
-from wm_jax.train import mdn_rnn_train
+from wm_jax.train import mdn_rnn_train, vae_train
 
 
 def _paper_config(spec: GameSpec, seed: int, **sections) -> ExperimentConfig:
     defaults = dict(
         data=DataConfig(),
-        vae_train=vae.VAETrainConfig(),
+        vae_train=vae_train.VAETrainConfig(),
         mdn_train=mdn_rnn_train.MDNTrainConfig(),
         evolve=evolve.PAPER,
         evaluate=EvaluateConfig(),

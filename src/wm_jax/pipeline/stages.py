@@ -24,10 +24,10 @@ from wm_jax.data.store import NoEpisodesError
 from wm_jax.envs import DriverMix, game_spec, random_policy
 from wm_jax.envs.collect import collect as collect_episodes
 from wm_jax.es import evolve, evolve_real
-from wm_jax.models import controller, vae
+from wm_jax.models import controller
 from wm_jax.pipeline.config import ExperimentConfig
 from wm_jax.pipeline.run_folder import RunPaths
-from wm_jax.train import mdn_rnn_train, training_loop
+from wm_jax.train import mdn_rnn_train, training_loop, vae_train
 
 
 def _workers(requested: int) -> int:
@@ -83,7 +83,7 @@ def vae_num_steps(config: ExperimentConfig, frames: int) -> int:
 def train_vae(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any]:
     """V on shuffled frames streamed from the store (bounded memory), resumable."""
     store = EpisodeStore(paths.episodes)
-    init_state, train_step = vae.make_train(config.vae, config.vae_train)
+    init_state, train_step = vae_train.make_train(config.vae, config.vae_train)
     budget = config.data.memory_budget_mb * 2**20
 
     def batches(start: int):
@@ -124,7 +124,7 @@ def train_vae(config: ExperimentConfig, paths: RunPaths, progress: bool = True) 
 
 def load_vae(config: ExperimentConfig, paths: RunPaths) -> Any:
     """V's parameters from the run's checkpoint."""
-    init_state, _ = vae.make_train(config.vae, config.vae_train)
+    init_state, _ = vae_train.make_train(config.vae, config.vae_train)
     target = init_state(jax.random.key(0))
     return checkpoint.restore(paths.checkpoints("vae"), target=target).params
 
