@@ -428,7 +428,7 @@ def test_learns_a_deterministic_map():
     for i in range(300):
         state, metrics = train_step(jax.random.fold_in(key, i), state, _toy_batch(rng, 32, 12))
         losses.append(metrics["z_nll"])  # on a fresh batch, before the update
-    mdn_rnn_train.check_finite(metrics, 300)
+    assert all(np.isfinite(np.asarray(value)).all() for value in metrics.values())
     untrained, trained = float(losses[0]), float(np.mean(losses[-20:]))
     # A unit Gaussian scores ≈ 1.1 nats here; σ ≈ 0.05 scores -1.5 (it reaches ≈ -2.3).
     assert untrained > 0.8
@@ -485,7 +485,8 @@ def test_training_stays_finite_with_extreme_inputs():
         mu=batch.mu * 1e5, logvar=jnp.full(batch.logvar.shape, -40.0), rewards=batch.rewards * 1e6
     )
     new_state, metrics = train_step(jax.random.key(2), state.replace(params=params), batch)
-    mdn_rnn_train.check_finite(metrics, 0)  # loss, z_nll, done_loss, reward_loss, grad_norm
+    # loss, z_nll, done_loss, reward_loss, grad_norm
+    assert all(np.isfinite(np.asarray(value)).all() for value in metrics.values())
     assert float(metrics["z_nll"]) > 1e3 and float(metrics["grad_norm"]) > 1.0
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(new_state.params))
     restarts = jnp.zeros(2, bool)
@@ -540,7 +541,7 @@ def test_train_raises_naming_the_step_when_the_loss_goes_nan():
             on_step=lambda step, metrics: seen.append(step),
             check_every=2,
         )
-    assert seen == [0, 1, 2, 3]
+    assert seen == [1, 2, 3, 4]  # counted from 1; the check after step 4 finds step 3
 
 
 def test_heads_that_are_off_are_neither_trained_nor_reported():

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from wm_jax.models import mdn_rnn
@@ -33,6 +32,7 @@ from wm_jax.models.mdn_rnn import (
     init_params,
     initial_state,
 )
+from wm_jax.train import training_loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,16 +254,6 @@ def make_train(config: MDNRNNConfig, train_config: MDNTrainConfig):
     return jax.jit(init_state), jax.jit(train_step)
 
 
-def check_finite(metrics: dict, step: int) -> None:
-    """Host-side divergence check, meant every N steps: raises FloatingPointError naming `step`."""
-    for name in sorted(metrics, key=lambda name: name != "loss"):  # the total loss first
-        value = np.asarray(metrics[name])
-        if not np.all(np.isfinite(value)):
-            raise FloatingPointError(
-                f"MDN-RNN training diverged at step {step}: {name} = {value} (not finite)"
-            )
-
-
 def train(
     key: jax.Array,
     config: MDNRNNConfig,
@@ -272,20 +262,24 @@ def train(
     state: MDNTrainState | None = None,
     on_step: Callable[[int, dict], None] | None = None,
     check_every: int = 100,
+    progress: bool = False,
 ) -> MDNTrainState:
-    """Streams `batches` until train_config.num_steps; checks for NaN every `check_every` steps."""
-    key_init, key_train = jax.random.split(key)
+    """Streams `batches` until train_config.num_steps; checks for NaN every `check_every` steps.
+
+    `wm_jax.train.training_loop.run` without checkpoints (the stage adds them); `on_step` gets
+    the step counted from 1.
+    """
     init_state, train_step = make_train(config, train_config)
-    if state is None:
-        state = init_state(key_init)
-    start = int(state.step)
-    metrics = None
-    for step_index, batch in zip(range(start, train_config.num_steps), batches, strict=False):
-        state, metrics = train_step(jax.random.fold_in(key_train, step_index), state, batch)
-        if on_step is not None:
-            on_step(step_index, metrics)
-        if (step_index + 1) % check_every == 0:
-            check_finite(metrics, step_index)
-    if metrics is not None:
-        check_finite(metrics, int(state.step) - 1)
+    state, _ = training_loop.run(
+        "M",
+        key,
+        train_step,
+        init_state,
+        lambda start: batches,
+        train_config.num_steps,
+        state=state,
+        on_step=on_step,
+        log_every=check_every,
+        progress=progress,
+    )
     return state

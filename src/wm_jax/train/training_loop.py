@@ -61,16 +61,21 @@ def run(
     train_step: Callable[[jax.Array, Any, Any], tuple[Any, dict[str, jax.Array]]],
     init_state: Callable[[jax.Array], Any],
     batches: Callable[[int], Iterable[Any]],
-    num_steps: int,
+    num_steps: int | None,
     *,
-    checkpoint_dir: str | os.PathLike,
-    metrics_path: str | os.PathLike,
-    config: dict[str, Any],
+    checkpoint_dir: str | os.PathLike | None = None,
+    metrics_path: str | os.PathLike | None = None,
+    config: dict[str, Any] | None = None,
+    state: Any = None,
+    on_step: Callable[[int, dict[str, jax.Array]], None] | None = None,
     checkpoint_every: int = 500,
     log_every: int = 25,
     progress: bool = True,
 ) -> tuple[Any, dict[str, float]]:
     """Train for `num_steps` steps, resuming from `checkpoint_dir` when it holds a checkpoint.
+
+    The one training loop: the stages train V and M through it with checkpoints and a metrics
+    file; `vae_train.train` and `mdn_rnn_train.train` call it without either.
 
     Args:
       name: shown on the progress bar and in errors ("V", "M").
@@ -78,58 +83,79 @@ def run(
       train_step: jitted `(key, state, batch) -> (state, metrics)`.
       init_state: `key -> state`; also the restore target (optax states keep their types).
       batches: `start_step -> iterable of batches` for steps start_step, start_step + 1, ...
-      num_steps: total steps of the stage.
-      checkpoint_dir, metrics_path: where the state and the per-step metrics (JSON lines) go.
+      num_steps: total steps of the stage; None: until the batches run out.
+      checkpoint_dir, metrics_path: where the state and the per-step metrics (JSON lines) go;
+        None: neither is written (nor restored).
       config: JSON description saved beside the checkpoints.
+      state: start from this state (its `step` field counts on) instead of a fresh or restored one.
+      on_step: called as `on_step(step, metrics)` after each step, `step` counted from 1 and the
+        metrics still on the device (no host sync).
+      log_every: steps between the host syncs that check for NaN and write the metrics.
 
     Returns:
       (final state, the last logged metrics).
 
     Raises:
-      TrainingDivergedError: naming the step and metric that became NaN or inf.
+      TrainingDivergedError: naming the step (counted from 1) and metric that became NaN or inf.
     """
     key_init, key_steps = jax.random.split(key)
-    state = init_state(key_init)
     start = 0
-    if checkpoint.latest_step(checkpoint_dir) is not None:
-        # The newest step that verifies: a corrupt newer one is skipped with a warning, and the
-        # stream and keys resume from the step actually restored.
-        state, start = checkpoint.restore_latest(checkpoint_dir, target=state)
+    if state is not None:
+        start = int(state.step)
+    else:
+        state = init_state(key_init)
+        if checkpoint_dir is not None and checkpoint.latest_step(checkpoint_dir) is not None:
+            # The newest step that verifies: a corrupt newer one is skipped with a warning, and
+            # the stream and keys resume from the step actually restored.
+            state, start = checkpoint.restore_latest(checkpoint_dir, target=state)
     pending: list[dict[str, jax.Array]] = []
     last: dict[str, float] = {}
+    where = f"; the last good checkpoint is in {checkpoint_dir}" if checkpoint_dir else ""
 
     def flush(step: int) -> None:
         nonlocal last
         rows = _to_host(pending)
         for offset, row in enumerate(rows):
-            bad = [metric for metric, value in row.items() if not np.isfinite(value)]
+            # the total loss first: it is what a reader looks for
+            bad = sorted(
+                (m for m, v in row.items() if not np.isfinite(v)), key=lambda m: m != "loss"
+            )
             if bad:
                 at = step - len(rows) + offset + 1
                 raise TrainingDivergedError(
-                    f"{name} training diverged at step {at}: {bad[0]} = {row[bad[0]]}; "
-                    f"the last good checkpoint is in {checkpoint_dir}"
+                    f"{name} training diverged at step {at}: {bad[0]} = {row[bad[0]]}{where}"
                 )
         first = step - len(rows) + 1
-        append_jsonl(metrics_path, [{"step": first + i, **row} for i, row in enumerate(rows)])
+        if metrics_path is not None:
+            append_jsonl(metrics_path, [{"step": first + i, **row} for i, row in enumerate(rows)])
         last = rows[-1]
         pending.clear()
 
+    def save(step: int) -> None:
+        if checkpoint_dir is not None:
+            checkpoint.save(checkpoint_dir, state, step=step, config=config or {})
+
     step = start
-    with tqdm(total=num_steps, initial=start, desc=name, disable=not progress) as bar:
+    total = num_steps if num_steps is not None else None
+    with tqdm(total=total, initial=start, desc=name, disable=not progress) as bar:
         for batch in batches(start):
-            if step >= num_steps:
+            if num_steps is not None and step >= num_steps:
                 break
             state, metrics = train_step(jax.random.fold_in(key_steps, step), state, batch)
             pending.append(metrics)
             step += 1
             bar.update(1)
+            if on_step is not None:
+                on_step(step, metrics)
             if len(pending) >= log_every or step == num_steps:
                 flush(step)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:3]})
-            if step % checkpoint_every == 0 and step < num_steps:
-                checkpoint.save(checkpoint_dir, state, step=step, config=config)
+            if step % checkpoint_every == 0 and (num_steps is None or step < num_steps):
+                save(step)
         if pending:
             flush(step)
-    if step != start or checkpoint.latest_step(checkpoint_dir) != step:
-        checkpoint.save(checkpoint_dir, state, step=step, config=config)
+    if checkpoint_dir is not None and (
+        step != start or checkpoint.latest_step(checkpoint_dir) != step
+    ):
+        save(step)
     return state, last

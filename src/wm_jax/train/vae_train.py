@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from wm_jax.models import vae
-from wm_jax.train.training_loop import TrainingDivergedError
+from wm_jax.train import training_loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +88,8 @@ def train(
 ) -> VAETrainState:
     """Trains V over a stream of uint8 batches (B, 64, 64, 3); never holds the dataset.
 
+    `wm_jax.train.training_loop.run` without checkpoints (the stage adds them).
+
     Args:
       key: randomness for init (if ``state`` is None) and the reparameterised samples.
       config, train_config: model and optimiser settings.
@@ -104,35 +105,16 @@ def train(
       TrainingDivergedError: naming the first step whose loss is not finite.
     """
     init_state, train_step = make_train(config, train_config)
-    key, key_init = jax.random.split(key)
-    if state is None:
-        state = init_state(key_init)
-    step = int(state.step)
-    pending: list[tuple[int, jax.Array]] = []  # (step, loss) not yet checked on the host
-
-    def check() -> None:
-        losses = np.asarray(jnp.stack([loss for _, loss in pending]))
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
-            bad_step, bad_loss = pending[bad[0]][0], losses[bad[0]]
-            raise TrainingDivergedError(
-                f"VAE loss became {bad_loss} at step {bad_step} (steps counted from 1); "
-                "check the data and the learning rate"
-            )
-        bar.set_postfix(loss=f"{losses[-1]:.1f}")
-        pending.clear()
-
-    total = len(batches) if hasattr(batches, "__len__") else None
-    with tqdm(total=total, desc="V", disable=not progress) as bar:
-        for frames in batches:
-            state, metrics = train_step(jax.random.fold_in(key, step), state, frames)
-            step += 1
-            pending.append((step, metrics["loss"]))
-            if on_step is not None:
-                on_step(step, metrics)
-            bar.update(1)
-            if len(pending) >= check_every:
-                check()
-        if pending:
-            check()
+    state, _ = training_loop.run(
+        "V",
+        key,
+        train_step,
+        init_state,
+        lambda start: batches,
+        None,
+        state=state,
+        on_step=on_step,
+        log_every=check_every,
+        progress=progress,
+    )
     return state
