@@ -5,9 +5,10 @@ A whole generation (ask → population × rollouts × steps → tell) is one jit
 (`wm_jax.es.evolve_loop`) only logs and checkpoints (brax's ppo `train.py`, purejaxrl). The
 configuration and state here also serve training in the real game (`wm_jax.es.evolve_real`).
 
-evosax minimises, so fitness = − mean return over a member's rollouts. Generation g's
-randomness is `fold_in(key, g)`, so a run restored from a checkpoint continues exactly as if it
-had never stopped.
+One generation is `wm_jax.es.generation.step` (shared with the real game): evosax minimises,
+so fitness = − mean return over a member's rollouts, and generation g's randomness is
+`fold_in(key, g)`, so a run restored from a checkpoint continues exactly as if it had never
+stopped.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from wm_jax import dream
 from wm_jax.dream import rollout as dream_rollout
 from wm_jax.es import evolve_loop
+from wm_jax.es import generation as es_generation
 from wm_jax.models import controller
 
 # Real-game seeds: training episodes use [0, SELECTION_SEED_OFFSET), the every-`eval_every`
@@ -97,15 +99,6 @@ class EvolveState:
     @property
     def mean(self) -> jax.Array:
         return self.es_state.mean
-
-
-class GenerationMetrics(NamedTuple):
-    generation: jax.Array  # generations completed
-    best_return: jax.Array  # best member's mean return this generation
-    mean_return: jax.Array
-    worst_return: jax.Array
-    sigma: jax.Array  # CMA-ES step size after the update
-    best_ever_return: jax.Array
 
 
 def make_strategy(config: EvolveConfig, num_dims: int) -> tuple[CMA_ES, Any]:
@@ -285,23 +278,11 @@ def make_dream_evolver(
         return jax.tree.map(shard, results)
 
     def generation(state: EvolveState, env_params):
-        es_state = state.es_state
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), es_state.generation_counter)
-        key_ask, key_eval, key_tell = jax.random.split(key, 3)
-        population, es_state = strategy.ask(key_ask, es_state, es_params)  # (P, D)
-        returns = evaluate(key_eval, env_params, population, config.rollouts_per_member)
-        mean_returns = replicate(jnp.mean(returns.episode_return, axis=1))  # (P,)
-        population, es_state = replicate((population, es_state))
-        es_state, _ = strategy.tell(key_tell, population, -mean_returns, es_state, es_params)
-        metrics = GenerationMetrics(
-            generation=es_state.generation_counter,
-            best_return=jnp.max(mean_returns),
-            mean_return=jnp.mean(mean_returns),
-            worst_return=jnp.min(mean_returns),
-            sigma=es_state.std,
-            best_ever_return=-es_state.best_fitness,
-        )
-        return state.replace(es_state=es_state), metrics
+        def fitness(key, population):
+            returns = evaluate(key, env_params, population, config.rollouts_per_member)
+            return returns.episode_return  # (P, R)
+
+        return es_generation.step(strategy, es_params, state, fitness, replicate)
 
     @jax.jit
     def run(state: EvolveState, env_params: dream.DreamParams):
@@ -315,9 +296,7 @@ def make_dream_evolver(
 
     @jax.jit
     def evaluate_mean(state: EvolveState, env_params: dream.DreamParams) -> jax.Array:
-        # Evaluation keys live apart from the generations' (which fold in small counters).
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 2**30)
-        key = jax.random.fold_in(key, state.es_state.generation_counter)
+        key = es_generation.evaluation_key(state.key, state.es_state.generation_counter)
         flat = jnp.broadcast_to(state.es_state.mean, (num_groups, num_dims))
         returns = evaluate(key, env_params, flat, config.eval_rollouts // num_groups)
         return returns.episode_return.reshape(-1)
@@ -354,12 +333,7 @@ def train_in_dream(
 
     def advance(state):
         state, metrics = evolver.run(state, env_params)
-        metrics = jax.device_get(metrics)
-        rows = [
-            {name: _scalar(value[i]) for name, value in metrics._asdict().items()}
-            for i in range(config.generations_per_call)
-        ]
-        return state, rows
+        return state, es_generation.host_rows(metrics)
 
     return evolve_loop.run_loop(
         state,
@@ -372,8 +346,3 @@ def train_in_dream(
         log_path,
         progress,
     )
-
-
-def _scalar(value) -> float | int:
-    value = np.asarray(value)
-    return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)

@@ -1,9 +1,9 @@
 """CMA-ES for C in the real game, as the paper trained CarRacing's controller (§3.3, Appendix).
 
-Each generation: ask (jitted) → the population's rollouts on the worker pool
-(`wm_jax.envs.real_rollout`) → tell (jitted). Training episodes use game seeds below
-`evolve.SELECTION_SEED_OFFSET`, each seed once per run, so no track is seen twice and none
-reaches the evaluation seeds.
+Each generation is `wm_jax.es.generation.step`, the dream's own, run on the host: ask → the
+population's rollouts on the worker pool (`wm_jax.envs.real_rollout`) → tell. Training
+episodes use game seeds below `evolve.SELECTION_SEED_OFFSET`, each seed once per run, so no
+track is seen twice and none reaches the evaluation seeds.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from wm_jax.es import evolve, evolve_loop
+from wm_jax.es import generation as es_generation
 from wm_jax.models import controller
 
 
@@ -59,30 +59,17 @@ def train_in_real(
         config = dataclasses.replace(config, generations_per_call=1)
 
     def advance(state):
-        es_state = state.es_state
-        generation = int(es_state.generation_counter)
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), generation)
-        key_ask, key_eval, key_tell = jax.random.split(key, 3)
-        population, es_state = strategy.ask(key_ask, es_state, es_params)
+        generation = int(state.es_state.generation_counter)
         seeds = train_seeds(generation, config.population_size, config.rollouts_per_member)
-        returns = np.asarray(evaluate_fn(key_eval, np.asarray(population), seeds), np.float32)
-        mean_returns = np.nanmean(returns, axis=1)  # all-NaN members rank last in evosax
-        es_state, _ = strategy.tell(
-            key_tell, population, -jnp.asarray(mean_returns), es_state, es_params
-        )
-        row = {
-            "generation": int(es_state.generation_counter),
-            "best_return": float(np.nanmax(mean_returns)),
-            "mean_return": float(np.nanmean(mean_returns)),
-            "worst_return": float(np.nanmin(mean_returns)),
-            "sigma": float(es_state.std),
-            "best_ever_return": float(-es_state.best_fitness),
-            "lost_episodes": int(np.isnan(returns).sum()),
-        }
-        return state.replace(es_state=es_state), [row]
+
+        def fitness(key, population):
+            return evaluate_fn(key, np.asarray(population), seeds)
+
+        state, metrics = es_generation.step(strategy, es_params, state, fitness)
+        return state, es_generation.host_rows(metrics)
 
     def evaluate_mean(state):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 2**30)
+        key = es_generation.evaluation_key(state.key, state.es_state.generation_counter)
         flat = np.asarray(state.es_state.mean)[None]
         return evaluate_fn(key, flat, eval_seeds[None]).reshape(-1)
 
