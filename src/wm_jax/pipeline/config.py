@@ -285,12 +285,11 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
 
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Rebuild a config from `to_dict()` output (e.g. a run folder's config.json)."""
-    from wm_jax.pipeline.presets import preset  # presets build on the classes of this module
-
     kwargs = dict(data)
+    hints = typing.get_type_hints(ExperimentConfig)  # each section's class
     for field in dataclasses.fields(ExperimentConfig):
         if field.name in SECTIONS:
-            cls = type(getattr(preset(data["experiment"], data["scale"]), field.name))
+            cls = hints[field.name]
             if field.name not in data:  # a section newer than the run: its defaults
                 kwargs[field.name] = cls()
                 continue
