@@ -11,7 +11,7 @@ import pytest
 import wm_jax
 from wm_jax.data import EpisodeStore
 from wm_jax.envs import game_spec
-from wm_jax.pipeline import agents, stages
+from wm_jax.pipeline import agents, run_models, stages
 from wm_jax.pipeline.config import from_dict
 
 NOTES = {"score": "133 ± 18 over 2 episodes", "episodes": 2}
@@ -28,8 +28,11 @@ def _run_models(run_dir):
     """The run's own config, V, M and C, as the stages load them."""
     config = from_dict(json.loads((run_dir / "config.json").read_text()))
     paths = stages.RunPaths(run_dir)
-    vae_params, m_params = stages.load_vae(config, paths), stages.load_mdn_rnn(config, paths)
-    return config, vae_params, m_params, stages.load_controller(paths)
+    vae_params, m_params = (
+        run_models.load_vae(config, paths),
+        run_models.load_mdn_rnn(config, paths),
+    )
+    return config, vae_params, m_params, run_models.load_controller(paths)
 
 
 def _assert_trees_equal(ours, theirs, cast=np.float32):
@@ -64,7 +67,7 @@ def test_weights_round_trip_as_float16(exported, doom_smoke_run):
     config, vae_params, m_params, c_flat = _run_models(doom_smoke_run)
     agent = agents.load_agent(exported)
     assert agent.config == config
-    assert agent.c_config == stages.controller_config(config)
+    assert agent.c_config == run_models.controller_config(config)
     _assert_trees_equal(agent.vae_params, vae_params, cast=np.float16)
     _assert_trees_equal(agent.m_params, m_params, cast=np.float16)
     assert agent.c_flat.dtype == np.float32
@@ -77,7 +80,7 @@ def test_controller_plays_the_runs_actions(exported, doom_smoke_run):
     store = EpisodeStore(paths.episodes)
     frames = store.read(store.indices()[0]).frames[:30]
     spec = game_spec(config.game)
-    run_policy = stages.controller_policy(config, paths)(spec, 7)
+    run_policy = run_models.controller_policy(config, paths)(spec, 7)
     agent_policy = agents.load_agent(exported).policy()(spec, 7)  # same seed: same z samples
     theirs = np.stack([run_policy(frame) for frame in frames])
     ours = np.stack([agent_policy(frame) for frame in frames])

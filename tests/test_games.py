@@ -12,7 +12,7 @@ from wm_jax.data import EpisodeStore
 from wm_jax.envs import registry
 from wm_jax.envs.collect import collect, episode_seeds
 from wm_jax.envs.env_pool import EnvPool
-from wm_jax.pipeline import config, presets, probe, stages
+from wm_jax.pipeline import config, presets, probe, run_models
 
 COUNTING = wm_jax.GameSpec(
     name="counting",
@@ -40,7 +40,7 @@ def test_one_call_registers_a_game_everywhere(fresh_registry):
     assert smoke.game == "counting" and smoke.collect.episodes == 3  # the spec's override
     assert smoke.mdn_rnn.action_dim == 1 and smoke.mdn_rnn.predict_reward
     assert config.from_dict(json.loads(json.dumps(smoke.to_dict()))) == smoke
-    c_config = stages.controller_config(smoke)
+    c_config = run_models.controller_config(smoke)
     assert c_config.inputs == ("z", "h") and c_config.use_bias
     env, max_steps = dream.make_dream("counting", smoke.mdn_rnn)
     assert env.inputs == ("z", "h") and max_steps == 50

@@ -16,7 +16,7 @@ from wm_jax.envs.collect import episode_seeds
 from wm_jax.envs.controller_policy import ControllerPolicy
 from wm_jax.es import evolve
 from wm_jax.models import controller, mdn_rnn, vae
-from wm_jax.pipeline import config, experiment, iterative, stages
+from wm_jax.pipeline import config, experiment, iterative, run_models, stages
 from wm_jax.pipeline.presets import preset
 
 M_CONFIG = mdn_rnn.MDNRNNConfig(
@@ -146,7 +146,7 @@ def test_an_iteration_collects_with_c_and_retrains_m_and_c(iterated):
 
     # The new episodes are the parent's C (with noise 0.1) playing: replay its stored frames.
     parent_config = config.from_dict(json.loads((run_dir / "config.json").read_text()))
-    factory = stages.controller_policy(parent_config, stages.RunPaths(run_dir), noise=0.1)
+    factory = run_models.controller_policy(parent_config, stages.RunPaths(run_dir), noise=0.1)
     for i, index in enumerate(new):
         episode = store.read(index)
         _, policy_seed = episode_seeds(iterative.collect_seed(parent_config.seed, 1), i)
@@ -181,11 +181,11 @@ def test_warm_start_centres_cma_es_on_the_previous_controller(iterated, tmp_path
     parent_config = config.from_dict(json.loads((run_dir / "config.json").read_text()))
     paths, parent = stages.RunPaths(tmp_path), stages.RunPaths(run_dir)
     iterative.warm_start_es(parent_config, paths, parent, 1)
-    c_config = stages.controller_config(parent_config)
+    c_config = run_models.controller_config(parent_config)
     target = evolve.init_state(jax.random.key(0), c_config, parent_config.evolve)
     state = checkpoint.restore(paths.checkpoints("controller"), target=target)
     assert state.generation == 0
-    np.testing.assert_array_equal(np.asarray(state.mean), stages.load_controller(parent))
+    np.testing.assert_array_equal(np.asarray(state.mean), run_models.load_controller(parent))
     assert float(state.es_state.std) == pytest.approx(parent_config.evolve.sigma_init)
     assert float(state.best_eval_return) == -jnp.inf
 

@@ -9,7 +9,7 @@ import pytest
 from test_dream import car_racing_done_model, make
 
 from wm_jax import dream
-from wm_jax.pipeline import probe, stages
+from wm_jax.pipeline import probe, run_models, stages
 from wm_jax.pipeline.config import from_dict
 from wm_jax.pipeline.presets import preset
 
@@ -57,7 +57,7 @@ def test_probe_on_car_racing_plays_both_worlds(monkeypatch):
     m_config, m_params = car_racing_done_model(done_at=3)
     env, _ = dream.make_dream("car_racing", m_config)
     env_params = env.make_params(m_params, jnp.zeros((2, 2)), jnp.full((2, 2), -4.0), max_steps=40)
-    monkeypatch.setattr(stages, "make_dream", lambda config, paths: (env, env_params))
+    monkeypatch.setattr(run_models, "make_dream", lambda config, paths: (env, env_params))
     rows = probe.probe(preset("car_racing", "smoke"), None, episodes=2, max_steps=6)
     assert [row["action"] for row in rows] == list(probe.FIXED_ACTIONS["car_racing"])
     assert {"straight, full gas", "left, half gas", "right, half gas", "idle"} <= set(

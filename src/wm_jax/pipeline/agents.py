@@ -93,7 +93,7 @@ def _shapes(config: cfg.ExperimentConfig, c_config: controller.ControllerConfig)
 
 def from_run(run_dir: str | Path) -> Agent:
     """The trained agent of a finished run folder (its V, M and final C checkpoints)."""
-    from wm_jax.pipeline import stages
+    from wm_jax.pipeline import run_models
     from wm_jax.pipeline.run_folder import RunPaths
 
     run_dir = Path(run_dir)
@@ -101,11 +101,14 @@ def from_run(run_dir: str | Path) -> Agent:
         raise AgentError(f"{run_dir} is not a run folder (no config.json)")
     config = cfg.from_dict(json.loads((run_dir / "config.json").read_text()))
     paths = RunPaths(run_dir)
-    v, m = (jax.device_get(load(config, paths)) for load in (stages.load_vae, stages.load_mdn_rnn))
-    c_flat = np.asarray(stages.load_controller(paths), np.float32)
+    v, m = (
+        jax.device_get(load(config, paths))
+        for load in (run_models.load_vae, run_models.load_mdn_rnn)
+    )
+    c_flat = np.asarray(run_models.load_controller(paths), np.float32)
     info = {"source_run": str(run_dir), "experiment": config.experiment}
     numpy = functools.partial(jax.tree.map, np.asarray)
-    return Agent(config, numpy(v), numpy(m), c_flat, stages.controller_config(config), info)
+    return Agent(config, numpy(v), numpy(m), c_flat, run_models.controller_config(config), info)
 
 
 def _run_summary(run_dir: Path) -> dict[str, Any]:

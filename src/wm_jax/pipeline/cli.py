@@ -101,3 +101,16 @@ def exit_code(call: Callable[[], Any], **kwargs: Any) -> int:
     except SystemExit as exit_:
         return int(exit_.code)
     return 0
+
+
+def add_common_arguments(parser: Any, overrides_help: str | None = None) -> None:
+    """`--set SECTION.FIELD=VALUE` (repeatable) and `--no-progress`, the same in every command."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help=overrides_help or "change one setting of the config (repeatable)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -23,7 +23,7 @@ from wm_jax.core import runtime
 from wm_jax.core.checkpoint import CheckpointError, atomic_write_json
 from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import run_folder
-from wm_jax.pipeline.cli import run_command
+from wm_jax.pipeline.cli import add_common_arguments, run_command
 from wm_jax.pipeline.presets import expected_wall_time, preset
 
 # Settings that may differ when a run is resumed (they do not change what is computed).
@@ -85,9 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rerun these stages, and the ones after them, from scratch (default: every stage "
         "not yet complete)",
     )
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE"
-    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--iterations",
@@ -96,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rounds of the paper's iterative training (§5) after the first C (the same as "
         "--set iterate.iterations=N; default: the preset's)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_common_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -40,7 +40,7 @@ from wm_jax.core import links, runtime
 from wm_jax.core.checkpoint import atomic_write_json, atomic_write_text
 from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import experiment, run_folder
-from wm_jax.pipeline.cli import run_command
+from wm_jax.pipeline.cli import add_common_arguments, run_command
 
 INDEX_OFFSET = 1_000_000  # iteration k's new episodes are k * INDEX_OFFSET + i
 DEFAULT_NOISE = 0.1
@@ -124,12 +124,12 @@ def warm_start_es(config: cfg.ExperimentConfig, paths, previous, iteration: int)
 
     from wm_jax.core import checkpoint
     from wm_jax.es import evolve
-    from wm_jax.pipeline import stages
+    from wm_jax.pipeline import run_models
 
-    c_config = stages.controller_config(config)
+    c_config = run_models.controller_config(config)
     key = jax.random.fold_in(jax.random.key(config.seed), iteration)
     state = evolve.init_state(key, c_config, config.evolve)
-    mean = jnp.asarray(stages.load_controller(previous), jnp.float32)
+    mean = jnp.asarray(run_models.load_controller(previous), jnp.float32)
     state = state.replace(es_state=state.es_state.replace(mean=mean))
     source = str(previous.checkpoints("controller_final"))
     checkpoint.save(paths.checkpoints("controller"), state, step=0, config={"warm_start": source})
@@ -147,13 +147,13 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
     """Iteration k's data: k-1's episodes linked, plus `episodes` played by k-1's controller."""
     from wm_jax.data import EpisodeStore, episode_path
     from wm_jax.envs.collect import collect
-    from wm_jax.pipeline import stages
+    from wm_jax.pipeline import run_models, stages
 
     block = new_block(EpisodeStore(previous.episodes).indices(), iteration)
     linked = links.link_store(previous.episodes, paths.episodes)
     staging = paths.root / "data" / "new_episodes"
     policy = stages.collection_policy(
-        config, stages.controller_policy(config, previous, noise=noise)
+        config, run_models.controller_policy(config, previous, noise=noise)
     )
     summary = collect(
         config.game,
@@ -370,15 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start CMA-ES from zeros each iteration instead of from the previous controller",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="e.g. mdn_train.num_steps (M's steps per iteration), controller.generations",
+    add_common_arguments(
+        parser, "e.g. mdn_train.num_steps (M's steps per iteration), controller.generations"
     )
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     def work() -> list[dict[str, Any]]:

@@ -98,9 +98,9 @@ def probe(config, paths, episodes: int = 20, max_steps: int | None = None) -> li
       "real"), and episode lengths ("dream_length", "real_length": mean, min, max; a dream
       whose M predicts done ends episodes before the cap where the game would).
     """
-    from wm_jax.pipeline import stages
+    from wm_jax.pipeline import run_models
 
-    env, env_params = stages.make_dream(config, paths)
+    env, env_params = run_models.make_dream(config, paths)
     if max_steps is None:
         max_steps = int(env_params.max_steps_in_episode)
     env_params = env_params.replace(max_steps_in_episode=jnp.asarray(max_steps, jnp.int32))

@@ -245,7 +245,7 @@ def data_lines(summary: dict[str, Any]) -> list[str]:
 def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[str, Any]:
     """Draw every figure into `DIR/report/` and write `DIR/report/report.md`."""
     del progress
-    from wm_jax.pipeline import stages
+    from wm_jax.pipeline import run_models
 
     out = paths.report
     out.mkdir(parents=True, exist_ok=True)
@@ -253,8 +253,8 @@ def make_report(config: ExperimentConfig, paths, progress: bool = True) -> dict[
     summary = results.get("stages", {})
     evaluation = summary.get("evaluate") or {}
     controller = summary.get("train_controller") or {}
-    vae_params = stages.load_vae(config, paths)
-    mdn_params = stages.load_mdn_rnn(config, paths)
+    vae_params = run_models.load_vae(config, paths)
+    mdn_params = run_models.load_mdn_rnn(config, paths)
     store = EpisodeStore(paths.episodes)
     first = next(episode for _, episode in store.episodes()).frames  # the first readable
     sample = first[np.linspace(0, len(first) - 1, 8).astype(int)]

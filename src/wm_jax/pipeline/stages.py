@@ -16,15 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import dream
 from wm_jax.core import checkpoint
-from wm_jax.data import EpisodeStore, encode_store, frame_batches, load_encoded, sequence_batches
+from wm_jax.data import EpisodeStore, encode_store, frame_batches, sequence_batches
 from wm_jax.data.done_records import require_done_records
 from wm_jax.data.store import NoEpisodesError
 from wm_jax.envs import DriverMix, game_spec, random_policy
 from wm_jax.envs.collect import collect as collect_episodes
 from wm_jax.es import evolve, evolve_real
 from wm_jax.models import controller
+from wm_jax.pipeline import run_models
 from wm_jax.pipeline.config import ExperimentConfig
 from wm_jax.pipeline.run_folder import RunPaths
 from wm_jax.train import mdn_rnn_train, training_loop, vae_train
@@ -122,17 +122,10 @@ def train_vae(config: ExperimentConfig, paths: RunPaths, progress: bool = True) 
     }
 
 
-def load_vae(config: ExperimentConfig, paths: RunPaths) -> Any:
-    """V's parameters from the run's checkpoint."""
-    init_state, _ = vae_train.make_train(config.vae, config.vae_train)
-    target = init_state(jax.random.key(0))
-    return checkpoint.restore(paths.checkpoints("vae"), target=target).params
-
-
 def encode(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any]:
     """Every stored episode → (μ, log σ²) sequences, resumable."""
     summary = encode_store(
-        load_vae(config, paths),
+        run_models.load_vae(config, paths),
         EpisodeStore(paths.episodes),
         EpisodeStore(paths.encoded),
         batch_size=config.data.encode_batch_size,
@@ -183,58 +176,8 @@ def train_mdn_rnn(
     return {"steps": int(state.step), "final_loss": last}
 
 
-def load_mdn_rnn(config: ExperimentConfig, paths: RunPaths) -> Any:
-    """M's parameters from the run's checkpoint."""
-    init_state, _ = mdn_rnn_train.make_train(config.mdn_rnn, config.mdn_train)
-    target = init_state(jax.random.key(0))
-    try:
-        return checkpoint.restore(paths.checkpoints("mdn_rnn"), target=target).params
-    except checkpoint.CheckpointError:
-        if target.carry is None:
-            raise
-        # Checkpoints of M trained on random windows (before streams) carry no LSTM state.
-        target = target.replace(carry=None)
-        return checkpoint.restore(paths.checkpoints("mdn_rnn"), target=target).params
-
-
 # -------------------------------------------------------------------------------------------
 # C
-
-
-def controller_config(config: ExperimentConfig) -> controller.ControllerConfig:
-    """C for this experiment: the paper's [z, h] (Doom [z, c, h]) or a V-only baseline."""
-    kind, spec = config.controller.kind, game_spec(config.game)
-    return controller.ControllerConfig(
-        kind=kind,
-        inputs=spec.controller_inputs if kind == "linear_zh" else ("z",),
-        latent_dim=config.vae.latent_dim,
-        hidden_size=config.mdn_rnn.hidden_size,
-        action_dim=config.mdn_rnn.action_dim,
-        use_bias=spec.controller_bias,  # World Models, Appendix: Doom's 1,088 weights, no bias
-    )
-
-
-def initial_codes(paths: RunPaths, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """(μ, log σ²) (N, Z) of the first frames of up to `count` real episodes (dream starts)."""
-    episodes = load_encoded(EpisodeStore(paths.encoded))[:count]
-    mu = np.stack([episode.mu[0] for episode in episodes])
-    logvar = np.stack([episode.logvar[0] for episode in episodes])
-    return mu, logvar
-
-
-def make_dream(config: ExperimentConfig, paths: RunPaths, temperature: float | None = None):
-    """(env, env_params) of M's dream, starting from encoded real first frames."""
-    env, max_steps = dream.make_dream(config.game, config.mdn_rnn)
-    mu, logvar = initial_codes(paths, config.controller.initial_frames)
-    tau = config.controller.temperature if temperature is None else temperature
-    env_params = env.make_params(
-        load_mdn_rnn(config, paths),
-        mu,
-        logvar,
-        temperature=tau,
-        max_steps=min(max_steps, config.evolve.max_steps),
-    )
-    return env, env_params
 
 
 class ControllerResult(NamedTuple):
@@ -246,7 +189,7 @@ def train_controller(
     config: ExperimentConfig, paths: RunPaths, progress: bool = True
 ) -> dict[str, Any]:
     """CMA-ES on C, in the dream or in the real game (resumes from its ES checkpoint)."""
-    c_config = controller_config(config)
+    c_config = run_models.controller_config(config)
     key = _stage_key(config, "train_controller")
     common = dict(
         checkpoint_dir=paths.checkpoints("controller"),
@@ -254,7 +197,7 @@ def train_controller(
         progress=progress,
     )
     if config.controller.train_in == "dream":
-        env, env_params = make_dream(config, paths)
+        env, env_params = run_models.make_dream(config, paths)
         state = evolve.train_in_dream(
             key, env, env_params, c_config, config.evolve, config.controller.generations, **common
         )
@@ -265,7 +208,7 @@ def train_controller(
         try:
             evaluate_fn = real_rollout.population_evaluator(
                 pool,
-                real_models(config, paths, c_config),
+                run_models.real_models(config, paths, c_config),
                 c_config,
                 max_steps=config.evolve.max_steps,
                 progress=False,
@@ -307,39 +250,6 @@ def final_controller(state: evolve.EvolveState) -> ControllerResult:
     )
 
 
-def real_models(config: ExperimentConfig, paths: RunPaths, c_config):
-    """V (and M, when C reads its state) for playing the real game."""
-    from wm_jax.envs import real_rollout
-
-    if not c_config.uses_memory:
-        return real_rollout.RealModels(load_vae(config, paths))
-    return real_rollout.RealModels(
-        load_vae(config, paths), config.mdn_rnn, load_mdn_rnn(config, paths)
-    )
-
-
-def load_controller(paths: RunPaths) -> np.ndarray:
-    """The trained controller's flat parameters (D,)."""
-    restored = checkpoint.restore(paths.checkpoints("controller_final"))
-    return np.asarray(restored["flat_params"])
-
-
-def controller_policy(config: ExperimentConfig, paths: RunPaths, **kwargs: Any):
-    """The finished run's V, M and C as a collection policy (`ControllerPolicy`; §5 rounds)."""
-    from wm_jax.envs.controller_policy import ControllerPolicy
-
-    c_config = controller_config(config)
-    models = real_models(config, paths, c_config)
-    return ControllerPolicy(
-        c_config,
-        load_controller(paths),
-        models.vae_params,
-        models.m_config,
-        models.m_params,
-        **kwargs,
-    )
-
-
 # -------------------------------------------------------------------------------------------
 # evaluation
 
@@ -348,13 +258,13 @@ def evaluate(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -
     """The trained C in the real game on unseen seeds (and in the dream, for the Doom table)."""
     from wm_jax.pipeline import evaluate as evaluation
 
-    c_config = controller_config(config)
-    flat = load_controller(paths)
+    c_config = run_models.controller_config(config)
+    flat = run_models.load_controller(paths)
     key = _stage_key(config, "evaluate")
     result = evaluation.evaluate_controller(
         key,
         config.game,
-        real_models(config, paths, c_config),
+        run_models.real_models(config, paths, c_config),
         c_config,
         flat,
         config.evaluate.episodes,
@@ -384,7 +294,7 @@ def evaluate(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -
     }
     if config.mdn_rnn.predict_done or config.mdn_rnn.predict_reward:
         # World Models, Table 2: the score in the dream beside the score in the real game.
-        env, env_params = make_dream(config, paths)
+        env, env_params = run_models.make_dream(config, paths)
         in_dream = evaluation.evaluate_in_dream(
             jax.random.fold_in(key, 1),
             env,

@@ -22,7 +22,7 @@ from wm_jax.core import links, runtime
 from wm_jax.core.checkpoint import atomic_write_json, atomic_write_text
 from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import experiment, run_folder
-from wm_jax.pipeline.cli import run_command
+from wm_jax.pipeline.cli import add_common_arguments, run_command
 from wm_jax.pipeline.report import PAPER_DOOM
 
 TEMPERATURES = (0.10, 0.50, 1.00, 1.15, 1.30)  # World Models, Table 2
@@ -152,10 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_dir", type=Path, help="a finished doom_take_cover run folder")
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE"
-    )
-    parser.add_argument("--no-progress", action="store_true")
+    add_common_arguments(parser, "e.g. controller.generations=20 (every τ's C)")
     args = parser.parse_args(argv)
 
     def work() -> list[dict[str, Any]]:
