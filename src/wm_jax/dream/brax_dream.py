@@ -1,5 +1,7 @@
 """The dream as a brax `Env`, so brax's trainers (PPO, SAC, ES, ...) can train in it.
 
+brax is an optional dependency (`pip install -e ".[brax]"`; the tests install it).
+
     env = BraxDream(dream_env, dream_params)
     with jax_compat():   # brax 0.14.2 PPO on jax >= 0.10; jax is left as it was after
         make_policy, params, metrics = brax.training.agents.ppo.train.train(
@@ -27,9 +29,15 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-from brax.envs.base import Env, State
 
 from wm_jax import dream
+
+try:
+    from brax.envs.base import Env, State
+except ImportError as err:  # brax is an optional extra: only this adapter needs it
+    raise ImportError(
+        "wm_jax.dream.brax_dream needs brax: pip install -e '.[brax]' (or pip install brax)"
+    ) from err
 
 
 class BraxDream(Env):
