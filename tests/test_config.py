@@ -146,3 +146,16 @@ def test_expected_wall_time_counts_the_iterations_asked_for():
     two = expected_wall_time("doom_take_cover", "small", iterations=2)
     assert "about 119 min" in two and "× 2" in two
     assert "not measured" in expected_wall_time("minatar_breakout", "small")
+
+
+@pytest.mark.parametrize("experiment", ["doom_take_cover", "car_racing"])
+def test_show_config_lines_are_settings_that_rebuild_the_config(experiment, capsys):
+    from wm_jax.pipeline import experiment as runner
+
+    config = preset(experiment, "small")
+    lines = runner.config_lines(config)
+    settings = [line for line in lines if "." in line.partition("=")[0]]
+    assert len(settings) == sum(len(dataclasses.fields(getattr(config, s))) for s in cfg.SECTIONS)
+    assert cfg.apply_overrides(config, settings) == config  # every value parses back
+    assert runner.main([experiment, "--show-config", "--set", "controller.temperature=0.5"]) == 0
+    assert "controller.temperature=0.5" in capsys.readouterr().out.splitlines()

@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             scales: smoke (minutes, CI), small (about an hour on a laptop CPU), paper
             stages: {" → ".join(cfg.STAGES)}
 
-            settings (--set section.field=value; see wm_jax.pipeline.presets for each preset):
+            settings (--set section.field=value; every value of a preset: --show-config):
             """
         )
         + _settings_help()
@@ -93,8 +93,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rounds of the paper's iterative training (§5) after the first C (the same as "
         "--set iterate.iterations=N; default: the preset's)",
     )
+    parser.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print every setting of this experiment and scale (after --set) and exit",
+    )
     add_common_arguments(parser)
     return parser.parse_args(argv)
+
+
+def config_lines(config: cfg.ExperimentConfig) -> list[str]:
+    """Every setting as `section.field=value`, the form `--set` takes back."""
+    lines = [f"experiment={config.experiment}", f"scale={config.scale}", f"seed={config.seed}"]
+    for section in cfg.SECTIONS:
+        for name, value in dataclasses.asdict(getattr(config, section)).items():
+            text = ",".join(map(str, value)) if isinstance(value, tuple | list) else value
+            lines.append(f"{section}.{name}={text}")
+    return lines
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -330,6 +345,19 @@ def main(argv: list[str] | None = None) -> int:
     runtime.tune_malloc()  # before XLA's first allocations
     args = parse_args(argv)
     iterations = [] if args.iterations is None else [f"iterate.iterations={args.iterations}"]
+    if args.show_config:
+
+        def show() -> None:
+            config = build_config(
+                args.experiment, args.scale, args.seed, args.overrides + iterations
+            )
+            print("\n".join(config_lines(config)))
+
+        try:
+            run_command(show)
+        except SystemExit as exit_:
+            return int(exit_.code)
+        return 0
     hint = "rerun the same command to resume"
     if args.stages:
         hint = "rerun without --stages to resume (the same --stages starts those stages over)"
