@@ -17,6 +17,11 @@ written before the checksums (no "files" in meta.json) load unchecked.
 orbax's own traps are handled here: it needs absolute paths, refuses to overwrite, loses an async
 save if the process exits first (we wait), restores optax states as plain lists unless given a
 target (pass `target=`), and reports a full disk as a page of asyncio traceback (we say one line).
+
+Why not orbax's `CheckpointManager` for the step folders: it finalises a step by its own rename,
+and the sha256 manifest must be inside the step before that rename, so a step is either complete
+and verifiable or invisible; keeping N and finding the latest are the few lines of `save` and
+`all_steps`. Every earlier run's folders load with this layout.
 """
 
 from __future__ import annotations
