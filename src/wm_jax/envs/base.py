@@ -7,7 +7,7 @@ and is re-exported here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -55,6 +55,59 @@ class RealEnv(Protocol):
 # them to worker processes.
 Policy = Callable[[np.ndarray], np.ndarray]
 PolicyFactory = Callable[[GameSpec, int], Policy]
+
+
+class PlayedEpisode(NamedTuple):
+    """One real episode (`play_episode`); the per-step arrays only when recorded."""
+
+    total_return: float
+    length: int
+    frames: np.ndarray | None  # (T, 64, 64, 3) uint8: frames[t] is the frame action t saw
+    actions: np.ndarray | None  # (T, A) float32
+    rewards: np.ndarray | None  # (T,) float32
+    dones: np.ndarray | None  # (T,) bool: the game ended after action t
+
+
+def play_episode(
+    env: RealEnv,
+    policy: Policy,
+    game_seed: int,
+    max_frames: int | None = None,
+    record: bool = False,
+) -> PlayedEpisode:
+    """The one loop that plays a real episode: collection, evaluation in process, play, probe.
+
+    Args:
+      policy: frame (64, 64, 3) uint8 -> action (A,) in [-1, 1]; a policy with a `bind(env)`
+        method (the CarRacing driver reads the game's state) is bound after the reset.
+      max_frames: stop after this many frames (None: when the game ends or truncates).
+      record: keep every frame, action, reward and done (collection).
+    """
+    frame = env.reset(game_seed)
+    if hasattr(policy, "bind"):
+        policy.bind(env)
+    frames, actions, rewards, dones = [], [], [], []
+    total, steps, done = 0.0, 0, False
+    while not done and (max_frames is None or steps < max_frames):
+        action = np.asarray(policy(frame), dtype=np.float32).reshape(env.action_dim)
+        if record:
+            frames.append(frame)
+            actions.append(action)
+        frame, reward, terminated, truncated = env.step(action)
+        if record:
+            rewards.append(reward)
+            dones.append(terminated)
+        total, steps, done = total + reward, steps + 1, terminated or truncated
+    if not record:
+        return PlayedEpisode(total, steps, None, None, None, None)
+    return PlayedEpisode(
+        total,
+        steps,
+        np.stack(frames),
+        np.stack(actions).astype(np.float32),
+        np.asarray(rewards, dtype=np.float32),
+        np.asarray(dones, dtype=bool),
+    )
 
 
 def resize_frame(frame: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from wm_jax.envs.base import PolicyFactory
+from wm_jax.envs.base import PolicyFactory, play_episode
 from wm_jax.envs.registry import game_spec, games, make_env, random_policy
 
 log = logging.getLogger(__name__)
@@ -49,30 +49,13 @@ def episode_seeds(seed: int, index: int) -> tuple[int, int]:
 
 
 def run_episode(env, policy_factory: PolicyFactory, spec, seed: int, index: int, max_frames: int):
-    """Plays one episode; returns an `Episode` (frames[t] is the frame action t was chosen on)."""
+    """Plays episode `index` of a collection; returns an `Episode` (frames[t] is the frame
+    action t was chosen on)."""
     from wm_jax.data.store import Episode
 
     game_seed, policy_seed = episode_seeds(seed, index)
-    policy = policy_factory(spec, policy_seed)
-    frame = env.reset(game_seed)
-    if hasattr(policy, "bind"):  # a policy that reads the game's state (car_racing_driver)
-        policy.bind(env)
-    frames, actions, rewards, dones = [], [], [], []
-    for _ in range(max_frames):
-        action = np.asarray(policy(frame), dtype=np.float32).reshape(spec.action_dim)
-        frames.append(frame)
-        actions.append(action)
-        frame, reward, terminated, truncated = env.step(action)
-        rewards.append(reward)
-        dones.append(terminated)
-        if terminated or truncated:
-            break
-    return Episode(
-        np.stack(frames),
-        np.stack(actions).astype(np.float32),
-        np.asarray(rewards, dtype=np.float32),
-        np.asarray(dones, dtype=bool),
-    )
+    played = play_episode(env, policy_factory(spec, policy_seed), game_seed, max_frames, True)
+    return Episode(played.frames, played.actions, played.rewards, played.dones)
 
 
 def _worker(

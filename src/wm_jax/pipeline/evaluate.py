@@ -185,18 +185,15 @@ def play_in_process(
       max_steps: the episode cap (default: the game's).
     """
     from wm_jax.envs import make_env
+    from wm_jax.envs.base import play_episode
 
     env = make_env(game) if max_steps is None else make_env(game, max_steps=max_steps)
     returns, lengths = [], []
     try:
         for seed in seeds:
-            policy = policy_for(int(seed))
-            frame, done, total, steps = env.reset(int(seed)), False, 0.0, 0
-            while not done:
-                frame, reward, terminated, truncated = env.step(policy(frame))
-                total, steps, done = total + reward, steps + 1, terminated or truncated
-            returns.append(total)
-            lengths.append(steps)
+            played = play_episode(env, policy_for(int(seed)), int(seed))
+            returns.append(played.total_return)
+            lengths.append(played.length)
     finally:
         env.close()
     return _result(returns, lengths, seeds)
