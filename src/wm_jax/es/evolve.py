@@ -57,6 +57,10 @@ class EvolveConfig:
     checkpoint_every: int = 25  # generations (0: never)
     keep_checkpoints: int = 2
     shard_population: bool = False  # split the population over all local devices
+    # Stop early once this many evaluations of the ES mean in a row have not beaten the best
+    # one (0: never; needs eval_every). A dream C that found its exploit stops improving within
+    # a few generations (Doom's first C: at the dream's cap by generation 10 of 60).
+    stop_after_stale_evals: int = 0
 
     def __post_init__(self):
         for name in ("eval_every", "checkpoint_every"):
@@ -66,6 +70,11 @@ class EvolveConfig:
                     f"EvolveConfig.{name}={value} must be a multiple of generations_per_call="
                     f"{self.generations_per_call} (the host only acts between jitted calls)"
                 )
+        if self.stop_after_stale_evals < 0 or (self.stop_after_stale_evals and not self.eval_every):
+            raise ValueError(
+                f"EvolveConfig.stop_after_stale_evals={self.stop_after_stale_evals} must be >= 0 "
+                "and needs eval_every > 0 (it counts evaluations of the ES mean)"
+            )
         if self.population_size < 2 or self.rollouts_per_member < 1:
             raise ValueError("population_size must be >= 2 and rollouts_per_member >= 1")
 

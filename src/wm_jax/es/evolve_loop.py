@@ -43,12 +43,14 @@ class _Logger:
 
     def __init__(self, log_path, start: int, total: int, progress: bool):
         self.path = Path(log_path) if log_path is not None else None
+        self.rows: list[dict] = []  # the kept rows of an earlier attempt
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # read_jsonl drops a last line cut short by a kill.
             rows = training_loop.read_jsonl(self.path, key="generation")
             kept = [row for row in rows if row.get("generation", start + 1) <= start]
             checkpoint.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self.rows = kept
         self.bar = tqdm(total=total, initial=start, disable=not progress, desc="CMA-ES", unit="gen")
 
     def log(self, rows: list[dict]) -> None:
@@ -66,6 +68,19 @@ class _Logger:
 
     def close(self):
         self.bar.close()
+
+
+def stale_evaluations(rows: list[dict]) -> int:
+    """Evaluations of the ES mean since the last one that beat every earlier one (log rows)."""
+    best, stale = -np.inf, 0
+    for row in rows:
+        if "eval_return" not in row:
+            continue
+        if row["eval_return"] > best:
+            best, stale = row["eval_return"], 0
+        else:
+            stale += 1
+    return stale
 
 
 def restore_or(state: Any, checkpoint_dir) -> Any:
@@ -88,12 +103,15 @@ def run_loop(
 ) -> Any:
     """The host loop shared by dream and real training: log, evaluate, checkpoint."""
     logger = _Logger(log_path, state.generation, num_generations, progress)
+    patience = getattr(config, "stop_after_stale_evals", 0)
+    # Counted from the log, so a resumed run stops where an uninterrupted one would.
+    stale = stale_evaluations(logger.rows) if patience else 0
     # CMA-ES decomposes the D x D covariance every generation (D = 1,088 for Doom). On the CPU
     # that eigh runs in OpenBLAS, whose threads fight XLA's: measured on 2 cores, 9.0 s per
     # decomposition with OpenBLAS's default 2 threads against 0.13 s with 1.
     blas_limit = threadpool_limits(1, user_api="blas")
     try:
-        while state.generation < num_generations:
+        while state.generation < num_generations and not (patience and stale >= patience):
             start = time.perf_counter()
             state, rows = advance(state)
             seconds = (time.perf_counter() - start) / len(rows)
@@ -102,14 +120,23 @@ def run_loop(
             generation = state.generation
             due = config.eval_every and generation % config.eval_every == 0
             if evaluate_mean is not None and due:
+                best_before = float(state.best_eval_return)
                 state, score = record_eval(state, np.asarray(evaluate_mean(state)))
                 rows[-1]["eval_return"] = score
                 rows[-1]["best_eval_return"] = float(state.best_eval_return)
+                stale = 0 if score > best_before else stale + 1
+            stopping = bool(patience and stale >= patience)
+            if stopping:
+                rows[-1]["stopped"] = f"{stale} evaluations without a new best"
             logger.log(rows)
             if (
                 checkpoint_dir is not None
                 and config.checkpoint_every
-                and (generation % config.checkpoint_every == 0 or generation >= num_generations)
+                and (
+                    generation % config.checkpoint_every == 0
+                    or generation >= num_generations
+                    or stopping
+                )
             ):
                 checkpoint.save(
                     checkpoint_dir,

@@ -160,7 +160,13 @@ _RANGES = {
     ("iterate", "iterations"): (0, 1000),
     ("iterate", "episodes"): (0, None),
 }
-_ZERO_ALLOWED = ("eval_every", "checkpoint_every", "min_frames", "done_pos_weight")
+_ZERO_ALLOWED = (
+    "eval_every",
+    "checkpoint_every",
+    "min_frames",
+    "done_pos_weight",
+    "stop_after_stale_evals",
+)
 
 
 def _check_value(section: str, name: str, value: Any) -> None:
