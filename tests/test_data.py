@@ -388,3 +388,16 @@ def test_encode_store_mirrors_frames_and_actions_and_resumes(tmp_path):
     np.testing.assert_array_equal(mirrored.dones, original.dones)
     again = encode_store(params, store, out, progress=False, mirror_signs=(-1, 1))
     assert again["encoded"] == 0
+
+
+def test_load_encoded_with_a_limit_reads_only_the_first_episodes(tmp_path):
+    from wm_jax.data import load_encoded
+
+    store = EpisodeStore(tmp_path)
+    for index in range(4):
+        store.write(index, make_encoded(index + 1, 5))
+    store.path(3).write_bytes(b"corrupt")  # never read with limit=2
+    first = load_encoded(EpisodeStore(tmp_path, strict=True), limit=2)
+    assert [int(episode.mu[0, 0]) for episode in first] == [1000, 2000]
+    with pytest.raises(Exception, match="episode_00000003|corrupt|sha256"):
+        load_encoded(EpisodeStore(tmp_path, strict=True))

@@ -145,9 +145,11 @@ def _decode_pool(
     return pool
 
 
-def load_encoded(encoded_store: EpisodeStore) -> list[EncodedEpisode]:
-    """Every readable encoded episode, checked for one latent and one action size."""
-    episodes = [episode for _, episode in encoded_store.episodes()]
+def load_encoded(encoded_store: EpisodeStore, limit: int | None = None) -> list[EncodedEpisode]:
+    """Every readable encoded episode (the first `limit`, in index order, when given), checked
+    for one latent and one action size. With a limit only those files are read and verified."""
+    readable = (episode for _, episode in encoded_store.episodes())
+    episodes = list(readable if limit is None else itertools.islice(readable, limit))
     if not episodes:
         raise ValueError(f"{encoded_store.root} holds no encoded episodes")
     if not all(isinstance(episode, EncodedEpisode) for episode in episodes):

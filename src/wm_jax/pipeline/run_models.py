@@ -55,7 +55,8 @@ def controller_config(config: ExperimentConfig) -> controller.ControllerConfig:
 
 def initial_codes(paths: RunPaths, count: int) -> tuple[np.ndarray, np.ndarray]:
     """(μ, log σ²) (N, Z) of the first frames of up to `count` real episodes (dream starts)."""
-    episodes = load_encoded(EpisodeStore(paths.encoded))[:count]
+    # Only the first `count` files are read (not the whole store, then cut).
+    episodes = load_encoded(EpisodeStore(paths.encoded), limit=count)
     mu = np.stack([episode.mu[0] for episode in episodes])
     logvar = np.stack([episode.logvar[0] for episode in episodes])
     return mu, logvar
