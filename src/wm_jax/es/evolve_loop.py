@@ -43,7 +43,7 @@ class _Logger:
 
     def __init__(self, log_path, start: int, total: int, progress: bool):
         self.path = Path(log_path) if log_path is not None else None
-        self.rows: list[dict] = []  # the kept rows of an earlier attempt
+        self.rows: list[dict] = []  # every row of the run so far (an earlier attempt's kept ones)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # read_jsonl drops a last line cut short by a kill.
@@ -56,6 +56,7 @@ class _Logger:
     def log(self, rows: list[dict]) -> None:
         if self.path is not None:
             training_loop.append_jsonl(self.path, rows)
+        self.rows += rows
         last = rows[-1]
         self.bar.update(len(rows))
         self.bar.set_postfix(
@@ -104,8 +105,9 @@ def run_loop(
     """The host loop shared by dream and real training: log, evaluate, checkpoint."""
     logger = _Logger(log_path, state.generation, num_generations, progress)
     patience = getattr(config, "stop_after_stale_evals", 0)
-    # Counted from the log, so a resumed run stops where an uninterrupted one would.
-    stale = stale_evaluations(logger.rows) if patience else 0
+    # Counted from the logged rows (a resumed run's included), so a resumed run stops where an
+    # uninterrupted one would.
+    stale = stale_evaluations(logger.rows)
     # CMA-ES decomposes the D x D covariance every generation (D = 1,088 for Doom). On the CPU
     # that eigh runs in OpenBLAS, whose threads fight XLA's: measured on 2 cores, 9.0 s per
     # decomposition with OpenBLAS's default 2 threads against 0.13 s with 1.
@@ -120,11 +122,10 @@ def run_loop(
             generation = state.generation
             due = config.eval_every and generation % config.eval_every == 0
             if evaluate_mean is not None and due:
-                best_before = float(state.best_eval_return)
                 state, score = record_eval(state, np.asarray(evaluate_mean(state)))
                 rows[-1]["eval_return"] = score
                 rows[-1]["best_eval_return"] = float(state.best_eval_return)
-                stale = 0 if score > best_before else stale + 1
+            stale = stale_evaluations(logger.rows + rows)
             stopping = bool(patience and stale >= patience)
             if stopping:
                 rows[-1]["stopped"] = f"{stale} evaluations without a new best"

@@ -136,8 +136,7 @@ def run(
             checkpoint.save(checkpoint_dir, state, step=step, config=config or {})
 
     step = start
-    total = num_steps if num_steps is not None else None
-    with tqdm(total=total, initial=start, desc=name, disable=not progress) as bar:
+    with tqdm(total=num_steps, initial=start, desc=name, disable=not progress) as bar:
         for batch in batches(start):
             if num_steps is not None and step >= num_steps:
                 break
