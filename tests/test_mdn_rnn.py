@@ -475,6 +475,22 @@ def test_a_pessimistic_reward_head_pays_more_for_over_prediction():
     np.testing.assert_allclose(metrics["reward_loss"], expected.mean(), rtol=1e-5)
 
 
+def test_reward_targets_below_the_floor_are_raised_to_it():
+    config = dataclasses.replace(SMALL, reward_min=-1.0)
+    params = _fresh_params(config)
+    params["head"]["kernel"] = jnp.zeros_like(params["head"]["kernel"])
+    reward_index = config.latent_dim * config.num_mixtures * 3 + 1
+    params["head"]["bias"] = params["head"]["bias"].at[reward_index].set(0.25)  # predicts 0.25
+    batch = _random_batch(1, config, batch_size=1, seq_len=4)
+    rewards = np.array([[3.3, -0.1, -100.0, -1.5]], np.float32)  # CarRacing: tile, frame, off
+    batch = batch._replace(rewards=rewards, mask=np.ones((1, 4), bool))
+    _, metrics = _loss_fn(jax.random.key(2), config, params, batch)
+    expected = np.square(0.25 - np.array([3.3, -0.1, -1.0, -1.0]))
+    np.testing.assert_allclose(metrics["reward_loss"], expected.mean(), rtol=1e-5)
+    _, unclipped = _loss_fn(jax.random.key(2), SMALL, params, batch)
+    assert float(unclipped["reward_loss"]) > 100 * float(metrics["reward_loss"])
+
+
 def test_training_stays_finite_with_extreme_inputs():
     init_state, train_step = _small_train()
     state = init_state(jax.random.key(0))

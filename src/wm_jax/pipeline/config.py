@@ -159,6 +159,7 @@ _RANGES = {
     ("collect", "driver_fraction"): (0.0, 1.0),
     ("iterate", "iterations"): (0, 1000),
     ("iterate", "episodes"): (0, None),
+    ("mdn_rnn", "reward_min"): (None, None),
 }
 _ZERO_ALLOWED = (
     "eval_every",

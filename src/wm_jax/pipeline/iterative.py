@@ -55,6 +55,7 @@ _FREE_FIELDS = {
     ("collect", "workers"),
     ("collect", "driver_fraction"),
     ("mdn_rnn", "reward_over_weight"),
+    ("mdn_rnn", "reward_min"),
     ("mdn_rnn", "done_pos_weight"),
 }
 

@@ -176,7 +176,10 @@ def loss_with_state(
         1.0 - dones
     ) * jax.nn.softplus(output.done_logit)
     done_loss = jnp.sum(jnp.where(real, done_bce, 0.0)) / num_real
-    excess = output.reward - jnp.asarray(batch.rewards, jnp.float32)
+    rewards = jnp.asarray(batch.rewards, jnp.float32)
+    if config.reward_min is not None:
+        rewards = jnp.maximum(rewards, config.reward_min)
+    excess = output.reward - rewards
     reward_error = jnp.where(excess > 0, config.reward_over_weight, 1.0) * jnp.square(excess)
     reward_loss = jnp.sum(jnp.where(real, reward_error, 0.0)) / num_real
     loss, metrics = z_nll, {"z_nll": z_nll}
