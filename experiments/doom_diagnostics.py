@@ -20,9 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import config as cfg
-from wm_jax import dream, dream_rollout, mdn_rnn, probe, report, stages
+from wm_jax import dream
 from wm_jax.data import EpisodeStore, load_encoded
+from wm_jax.dream import rollout as dream_rollout
+from wm_jax.models import mdn_rnn
+from wm_jax.pipeline import config as cfg
+from wm_jax.pipeline import probe, report, run_folder, run_models
 
 
 def recon(config, paths, out: str) -> None:
@@ -32,7 +35,7 @@ def recon(config, paths, out: str) -> None:
         episode = store.read(index)
         steps = np.linspace(len(episode.frames) // 3, len(episode.frames) - 2, 6).astype(int)
         frames += [episode.frames[t] for t in steps]
-    report.reconstructions(stages.load_vae(config, paths), np.stack(frames), out)
+    report.reconstructions(run_models.load_vae(config, paths), np.stack(frames), out)
 
 
 def dream_strips(config, paths, prefix: str) -> None:
@@ -41,8 +44,8 @@ def dream_strips(config, paths, prefix: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    env, env_params = stages.make_dream(config, paths)
-    vae_params = stages.load_vae(config, paths)
+    env, env_params = run_models.make_dream(config, paths)
+    vae_params = run_models.load_vae(config, paths)
     for name in ("left", "right"):
         action = jnp.asarray(probe.FIXED_ACTIONS["doom_take_cover"][name])
         trajectory = jax.jit(
@@ -62,7 +65,7 @@ def dream_strips(config, paths, prefix: str) -> None:
 
 
 def done_head(config, paths, count: int) -> None:
-    params = stages.load_mdn_rnn(config, paths)
+    params = run_models.load_mdn_rnn(config, paths)
     forward = jax.jit(lambda z, a: mdn_rnn.forward_sequence(config.mdn_rnn, params, z, a))
     at_death, before_death, earlier = [], [], []
     for episode in load_encoded(EpisodeStore(paths.encoded))[-count:]:
@@ -83,7 +86,7 @@ def done_head(config, paths, count: int) -> None:
 def main(argv: list[str]) -> None:
     run_dir, command, *rest = argv
     config = cfg.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
-    paths = stages.RunPaths(Path(run_dir))
+    paths = run_folder.RunPaths(Path(run_dir))
     if command == "recon":
         recon(config, paths, rest[0])
     elif command == "dream":

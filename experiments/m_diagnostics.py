@@ -9,7 +9,9 @@ dream starts), with the real actions, and we report per run:
 - the done head: the share of real episode ends where its logit is > 0 (recall), and of other
   steps where it is (false alarms);
 - the reward head: mean absolute error, overall and on the steps whose reward is <= -10
-  (CarRacing's -100 for leaving the playfield).
+  (CarRacing's -100 for leaving the playfield), and across episodes the correlation of the
+  return M predicts (teacher-forced) with the real one: C is ranked by the first, scored by the
+  second.
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax import config as cfg
-from wm_jax import mdn_rnn, mdn_rnn_train, stages
 from wm_jax.data import EpisodeStore, load_encoded
+from wm_jax.models import mdn_rnn
+from wm_jax.pipeline import config as cfg
+from wm_jax.pipeline import run_folder, run_models
+from wm_jax.train import mdn_rnn_train
 
 PHASES = ((0, 10), (10, 100), (100, None))
 
 
 def diagnose(run_dir: Path, episodes: int) -> dict:
     config = cfg.from_dict(json.loads((run_dir / "config.json").read_text()))
-    paths = stages.RunPaths(run_dir)
-    params = stages.load_mdn_rnn(config, paths)
+    paths = run_folder.RunPaths(run_dir)
+    params = run_models.load_mdn_rnn(config, paths)
     m_config = config.mdn_rnn
 
     @jax.jit
@@ -47,6 +51,7 @@ def diagnose(run_dir: Path, episodes: int) -> dict:
 
     nll_by_phase = {f"{a}-{b or 'end'}": [] for a, b in PHASES}
     done_hits, false_alarms, others, ends, reward_errors, penalty_errors = 0, 0, 0, 0, [], []
+    predicted_returns, real_returns = [], []
     for episode in load_encoded(EpisodeStore(paths.encoded))[-episodes:]:
         if len(episode.actions) < 2:
             continue
@@ -66,6 +71,8 @@ def diagnose(run_dir: Path, episodes: int) -> dict:
         errors = np.abs(reward - rewards)
         reward_errors += errors.tolist()
         penalty_errors += errors[rewards <= -10].tolist()
+        predicted_returns.append(float(reward.sum()))
+        real_returns.append(float(rewards.sum()))
     result = {
         "run": str(run_dir),
         "windows": config.mdn_train.windows,
@@ -83,6 +90,12 @@ def diagnose(run_dir: Path, episodes: int) -> dict:
             "mae": float(np.mean(reward_errors)),
             "penalty_steps": len(penalty_errors),
             "penalty_mae": float(np.mean(penalty_errors)) if penalty_errors else None,
+            "return_correlation": float(np.corrcoef(predicted_returns, real_returns)[0, 1]),
+            "predicted_return": [
+                float(np.mean(predicted_returns)),
+                float(np.std(predicted_returns)),
+            ],
+            "real_return": [np.mean(real_returns), np.std(real_returns)],
         }
     return result
 
@@ -94,7 +107,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     rows = [diagnose(run, args.episodes) for run in args.runs]
-    text = json.dumps(rows, indent=2)
+    text = json.dumps(rows, indent=2, default=float)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

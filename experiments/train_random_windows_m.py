@@ -15,8 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from wm_jax import config as cfg
-from wm_jax import run_folder, runtime, stages
+from wm_jax.core import runtime
+from wm_jax.pipeline import config as cfg
+from wm_jax.pipeline import run_folder, stages
 
 
 def main(parent: Path, out: Path) -> None:

@@ -63,3 +63,20 @@ def test_every_command_is_a_thin_module_over_pipeline():
         text = (SRC / f"{command}.py").read_text()
         assert f"from wm_jax.pipeline.{command} import main" in text
         assert len(text.splitlines()) < 12
+
+
+SCRIPTS = sorted((SRC.parents[1] / "experiments").glob("*.py"))
+SCRIPTS += sorted((SRC.parents[1] / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_scripts_import_what_the_library_has(script: Path):
+    """experiments/ and benchmarks/ scripts name modules that exist (a move renames them)."""
+    import importlib
+
+    for name in _imports(script):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            parent, _, attribute = name.rpartition(".")
+            assert hasattr(importlib.import_module(parent), attribute), f"{script.name}: {name}"
