@@ -47,6 +47,19 @@ def test_car_racing_preprocessing_crops_dashboard():
         car_racing.preprocess_frame(np.zeros((84, 96, 3), np.uint8))
 
 
+def test_car_racing_dashboard_variant_keeps_the_dashboard():
+    frame = np.zeros((96, 96, 3), np.uint8)
+    frame[84:] = 255  # the dashboard, white
+    out = car_racing.preprocess_frame(frame, dashboard=True)
+    assert out.shape == (64, 64, 3)
+    assert (out[-7:] == 255).all() and (out[:55] == 0).all()  # rows 84-95 of 96 -> 56-63 of 64
+    env = make_env("car_racing_dashboard", max_steps=2)
+    assert env.dashboard and not make_env("car_racing", max_steps=2).dashboard
+    # The game's dashboard is black (with thin bars); the cropped frame ends in grass or road.
+    with_dashboard = env.reset(seed=3)[-4:].mean()
+    assert with_dashboard < 0.5 * make_env("car_racing", max_steps=2).reset(seed=3)[-4:].mean()
+
+
 def test_doom_preprocessing_keeps_whole_view():
     frame = np.full((120, 160, 3), 50, np.uint8)
     frame[-30:] = 220  # the floor's last quarter survives: nothing is cropped

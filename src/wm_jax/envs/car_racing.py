@@ -11,11 +11,16 @@ from wm_jax.envs.base import GameSpec, check_action, game_spec, resize_frame
 DASHBOARD_ROW = 84  # World Models code: frame[0:84] drops the speed/ABS dashboard at the bottom
 
 
-def preprocess_frame(frame: np.ndarray) -> np.ndarray:
-    """(96, 96, 3) uint8 game frame -> (64, 64, 3) uint8: dashboard cropped, bilinear resize."""
+def preprocess_frame(frame: np.ndarray, dashboard: bool = False) -> np.ndarray:
+    """(96, 96, 3) uint8 game frame -> (64, 64, 3) uint8, bilinear resize.
+
+    The World Models code crops the dashboard (speed, ABS, steering and gyro bars) away; with
+    `dashboard` the whole frame is kept, so z can hold the car's speed, which the dream's reward
+    (tiles passed per frame) depends on and which a cropped frame barely shows.
+    """
     if frame.shape != (96, 96, 3):
         raise ValueError(f"expected a (96, 96, 3) CarRacing frame, got {frame.shape}")
-    return resize_frame(frame[:DASHBOARD_ROW])
+    return resize_frame(frame if dashboard else frame[:DASHBOARD_ROW])
 
 
 def game_action(action: np.ndarray) -> np.ndarray:
@@ -42,6 +47,8 @@ class CarRacingEnv:
             Models code did when it collected rollouts (off the playfield, every later step then
             pays -100). Our collection does not (see `wm_jax.envs.collect`).
         max_steps: episode cap (truncated=True at this step).
+        dashboard: keep the dashboard in the frames (see `preprocess_frame`); the
+            `car_racing_dashboard` game sets it.
         **game_kwargs: passed to the CarRacing constructor (e.g. domain_randomize).
     """
 
@@ -52,6 +59,7 @@ class CarRacingEnv:
         renderer: str = "fast",
         full_episode: bool = False,
         max_steps: int | None = None,
+        dashboard: bool = False,
         **game_kwargs,
     ):
         # Headless: pygame reads these when CarRacing's module imports it and draws off screen.
@@ -67,6 +75,7 @@ class CarRacingEnv:
         self.action_dim = spec.action_dim
         self.max_steps = spec.max_steps if max_steps is None else int(max_steps)
         self.full_episode = full_episode
+        self.dashboard = bool(dashboard)
         self._game = CarRacing(continuous=True, **game_kwargs)
         self._steps = 0
 
@@ -78,26 +87,27 @@ class CarRacingEnv:
     def reset(self, seed: int) -> np.ndarray:
         frame, _ = self._game.reset(seed=int(seed))
         self._steps = 0
-        return preprocess_frame(frame)
+        return preprocess_frame(frame, self.dashboard)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
         frame, reward, terminated, _, _ = self._game.step(game_action(action))
         self._steps += 1
         terminated = bool(terminated) and not self.full_episode
         truncated = self._steps >= self.max_steps and not terminated
-        return preprocess_frame(frame), float(reward), terminated, truncated
+        return preprocess_frame(frame, self.dashboard), float(reward), terminated, truncated
 
     def close(self) -> None:
         self._game.close()
 
 
-def road_offset(frame: np.ndarray) -> float | None:
+def road_offset(frame: np.ndarray, dashboard: bool = False) -> float | None:
     """Where the road ahead lies, -1 (left) to 1 (right) of the car; None when none is seen.
 
     Reads a (64, 64, 3) frame: the car sits at rows 51-57, columns 31-32; road tiles are grey
     (102-107 in every channel), grass green and kerbs red/white.
     """
-    band = frame[30:50].astype(np.int16)
+    # Rows 39-66 of the game's 96: 30-50 of a cropped frame, 26-44 of one with the dashboard.
+    band = (frame[26:44] if dashboard else frame[30:50]).astype(np.int16)
     road = (np.abs(band[..., 0] - band[..., 1]) < 20) & (band[..., 0] > 80) & (band[..., 0] < 130)
     columns = np.nonzero(road)[1]
     return None if columns.size < 5 else float(np.clip((columns.mean() - 31.5) / 8.0, -1, 1))
@@ -117,7 +127,7 @@ class RandomWalkPolicy:
     """
 
     def __init__(self, spec: GameSpec, seed: int):
-        del spec
+        self._dashboard = bool(dict(spec.env_kwargs).get("dashboard", False))
         self._rng = np.random.default_rng(seed)
         self._steer_sigma = self._rng.uniform(0.05, 0.3)
         self._gas_mean = self._rng.uniform(-0.7, 0.0)  # gas = (x1 + 1) / 2: 0.15 to 0.5
@@ -127,7 +137,7 @@ class RandomWalkPolicy:
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         rng = self._rng
         steer, gas, brake = self._x
-        offset = road_offset(frame)
+        offset = road_offset(frame, self._dashboard)
         target = 0.0 if offset is None else self._road_pull * offset
         noise = self._steer_sigma * (1.0 - 0.6 * self._road_pull)
         steer = 0.7 * steer + 0.3 * target + noise * rng.normal()

@@ -254,6 +254,11 @@ register_game(
         preset="wm_jax.pipeline.presets:car_racing",
     )
 )
+# Not in the paper: CarRacing with its dashboard kept in the frames (speed, ABS, steering,
+# gyro), so that z holds the speed the reward depends on (`car_racing.preprocess_frame`).
+register_game(
+    game_spec("car_racing").replace(name="car_racing_dashboard", env_kwargs={"dashboard": True})
+)
 # Doom TakeCover: World Models §4: C trained only in the dream, which pays +1 a step survived;
 # the controller sees [z, c, h] (the authors' `model_state_space == 2`).
 register_game(
