@@ -104,7 +104,11 @@ def car_racing(
         seed,
         collect=CollectConfig(episodes=10_000),
         vae=vae.CAR_RACING,
-        mdn_rnn=replace(mdn_rnn.CAR_RACING, predict_reward=True, predict_done=True),
+        # Reward targets floored at -1 (not in the paper, `MDNRNNConfig.reward_min`): the
+        # playfield's -100 otherwise teaches M that driving costs (experiments/README.md).
+        mdn_rnn=replace(
+            mdn_rnn.CAR_RACING, predict_reward=True, predict_done=True, reward_min=-1.0
+        ),
         controller=ControllerStageConfig(train_in="dream", temperature=1.0, generations=1800),
         evolve=replace(evolve.PAPER, max_steps=1000, generations_per_call=5),
     )

@@ -218,7 +218,7 @@ def results_table(config: ExperimentConfig, evaluation: dict) -> str:
             f"| {tau:.2f} | {dream_text} | {ours} | {paper[0]} | {paper[1]} |\n"
             "| random policy | — | see histogram | — | 210 ± 108 |\n"
         )
-    if config.game == "car_racing":
+    if config.game.startswith("car_racing"):
         method, paper = PAPER_CAR_RACING[config.controller.kind]
         where = f"C trained in the {_WHERE[config.controller.train_in]}"
         return (
