@@ -168,8 +168,9 @@ def test_an_iteration_collects_with_c_and_retrains_m_and_c(iterated):
     assert rows[1]["episodes"] == rows[0]["episodes"] + 2 and rows[1]["m_steps"] == 2 * parent_steps
     table = (run_dir / "iterations" / "summary.md").read_text().splitlines()
     assert (
-        len(table) == 4 and table[2].startswith("| 0 (parent) | ") and table[3].startswith("| 1 |")
+        len(table) == 6 and table[2].startswith("| 0 (parent) | ") and table[3].startswith("| 1 |")
     )
+    assert table[5].startswith("Best real-game score on these seeds: round ")
     assert json.loads((run_dir / "iterations" / "summary.json").read_text()) == json.loads(
         json.dumps(rows)
     )
@@ -232,3 +233,17 @@ def test_a_rounds_new_episodes_never_reuse_the_parents_indices():
     # iterated again from an iteration folder: its data already holds block 1
     assert new_block([*range(150), INDEX_OFFSET + 99], iteration=1) == 2
     assert new_block([], iteration=1) == 1
+
+
+def test_the_summary_names_the_best_round_not_only_the_last(tmp_path):
+    def row(iteration, mean):
+        real = {"mean": mean, "std": 10.0, "episodes": 20}
+        return {"iteration": iteration, "run_dir": f"r{iteration}", "episodes": 1, "m_steps": 1,
+                "m_final_loss": None, "dream": None, "real": real}  # fmt: skip
+
+    rows = [row(0, 176.0), row(1, 670.0), row(2, 342.0)]
+    assert iterative.best_row(rows)["iteration"] == 1
+    assert iterative.best_row([row(0, 5.0), row(1, 5.0)])["iteration"] == 0  # ties: the earlier
+    table = iterative.write_summary(tmp_path, rows)
+    assert "round 1 (670 ± 10), `r1`" in table
+    assert (tmp_path / "summary.md").read_text() == table

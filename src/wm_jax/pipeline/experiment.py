@@ -209,7 +209,8 @@ def run(
 
 def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) -> dict:
     """World Models §5 on the finished run (`config.iterate`); the rows of each iteration's
-    dream and real scores go into results.json (`iterations`), the last one is `final`."""
+    dream and real scores go into results.json (`iterations`), the last one is `final`, the
+    best one on the evaluation's seeds `best` (`iterative.best_row`)."""
     from wm_jax.pipeline import iterative
 
     settings = config.iterate
@@ -226,6 +227,8 @@ def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) 
     results = json.loads((run_dir / "results.json").read_text())
     results["iterations"] = rows
     results["final"] = {"iteration": rows[-1]["iteration"], **rows[-1]["real"]}
+    best = iterative.best_row(rows)
+    results["best"] = {"iteration": best["iteration"], "run_dir": best["run_dir"], **best["real"]}
     atomic_write_json(run_dir / "results.json", results)
     return results
 
@@ -381,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"real-game score over {evaluation.get('episodes')} episodes: "
             f"{evaluation.get('mean'):.1f} ± {evaluation.get('std'):.1f}"
+        )
+    best = results.get("best")
+    if best and best["iteration"] != evaluation.get("iteration"):
+        print(
+            f"best round on these seeds: {best['iteration']} ({best['mean']:.1f} ± "
+            f"{best['std']:.1f}), {best['run_dir']}"
         )
     return 0
 
