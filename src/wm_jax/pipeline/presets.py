@@ -275,7 +275,7 @@ def preset(
 # the first C's pipeline, and for each §5 round after it.
 _WALL_MINUTES = {
     ("doom_take_cover", "small"): (73, 23),
-    ("car_racing", "small"): (75, 32),
+    ("car_racing", "small"): (62, 22),
 }
 
 
