@@ -2,7 +2,7 @@
 
     python experiments/fresh_m.py SRC_RUN NEW_RUN [section.field=value ...]
 
-NEW_RUN gets SRC_RUN's episodes, encodings and V (hard links: no copies), none of its M, C or
+NEW_RUN gets SRC_RUN's episodes and encodings (hard links) and V (a symlink), none of its M, C or
 results, and SRC_RUN's config with the settings given; then M, C, evaluation and the report run
 as in `python -m wm_jax.experiment`. Used in experiments/README.md ("M's reward floored at -1")
 on the heuristic-driver round's folder:
@@ -16,37 +16,36 @@ Rerunning the command on an existing NEW_RUN resumes it (its config is kept).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
+from wm_jax.core import links
 from wm_jax.pipeline import config as cfg
-from wm_jax.pipeline import experiment
+from wm_jax.pipeline import experiment, run_folder
 
-KEPT_STAGES = ("collect", "train_vae", "encode")  # their records travel; the rest rerun
+KEPT_STAGES = ("collect", "train_vae", "encode")  # taken as complete; the rest rerun
 
 
 def seed_run(src: Path, dst: Path, overrides: list[str]) -> None:
-    """Create `dst` from `src`'s data, V and stage records up to encode, with `overrides`."""
+    """Create `dst` from `src`'s data, V and stage records up to encode, with `overrides`.
+
+    Links and records as a §5 iteration takes them from its parent (`iterative.prepare_iteration`).
+    """
     config = cfg.apply_overrides(
         cfg.from_dict(json.loads((src / "config.json").read_text())), overrides
     )
     staging = dst.with_name(dst.name + ".partial")  # a crash never leaves a half-seeded run
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    link = os.link
-    shutil.copytree(src / "data", staging / "data", copy_function=link, symlinks=True)
-    shutil.copytree(
-        src / "checkpoints" / "vae", staging / "checkpoints" / "vae", copy_function=link
-    )
-    (staging / "stages").mkdir()
+    experiment.prepare_run_dir(staging, config)
+    source, paths = run_folder.RunPaths(src), run_folder.RunPaths(staging)
+    links.link_store(source.episodes, paths.episodes)
+    links.link_store(source.encoded, paths.encoded)
+    for name in ("checkpoints/vae", "metrics/train_vae.jsonl"):  # V, and the report's V curve
+        if (src / name).exists():
+            links.symlink(src / name, staging / name)
     for stage in KEPT_STAGES:
-        shutil.copy2(src / "stages" / f"{stage}.json", staging / "stages")
-    (staging / "metrics").mkdir()
-    if (src / "metrics" / "train_vae.jsonl").is_file():  # the report's V curve
-        shutil.copy2(src / "metrics" / "train_vae.jsonl", staging / "metrics")
-    (staging / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        run_folder.adopt_record(src, staging, stage)
     staging.rename(dst)
 
 

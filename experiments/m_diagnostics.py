@@ -33,6 +33,10 @@ from wm_jax.train import mdn_rnn_train
 PHASES = ((0, 10), (10, 100), (100, None))
 
 
+def _mean_std(values: list[float]) -> list[float]:
+    return [float(np.mean(values)), float(np.std(values))]
+
+
 def diagnose(run_dir: Path, episodes: int) -> dict:
     config = cfg.from_dict(json.loads((run_dir / "config.json").read_text()))
     paths = run_folder.RunPaths(run_dir)
@@ -91,11 +95,8 @@ def diagnose(run_dir: Path, episodes: int) -> dict:
             "penalty_steps": len(penalty_errors),
             "penalty_mae": float(np.mean(penalty_errors)) if penalty_errors else None,
             "return_correlation": float(np.corrcoef(predicted_returns, real_returns)[0, 1]),
-            "predicted_return": [
-                float(np.mean(predicted_returns)),
-                float(np.std(predicted_returns)),
-            ],
-            "real_return": [np.mean(real_returns), np.std(real_returns)],
+            "predicted_return": _mean_std(predicted_returns),
+            "real_return": _mean_std(real_returns),
         }
     return result
 
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     rows = [diagnose(run, args.episodes) for run in args.runs]
-    text = json.dumps(rows, indent=2, default=float)
+    text = json.dumps(rows, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
