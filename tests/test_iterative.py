@@ -16,7 +16,7 @@ from wm_jax.envs.collect import episode_seeds
 from wm_jax.envs.controller_policy import ControllerPolicy
 from wm_jax.es import evolve
 from wm_jax.models import controller, mdn_rnn, vae
-from wm_jax.pipeline import config, experiment, iterative, run_models, stages
+from wm_jax.pipeline import config, experiment, iterative, rounds, run_models, stages
 from wm_jax.pipeline.presets import preset
 
 M_CONFIG = mdn_rnn.MDNRNNConfig(
@@ -242,8 +242,8 @@ def test_the_summary_names_the_best_round_not_only_the_last(tmp_path):
                 "m_final_loss": None, "dream": None, "real": real}  # fmt: skip
 
     rows = [row(0, 176.0), row(1, 670.0), row(2, 342.0)]
-    assert iterative.best_row(rows)["iteration"] == 1
-    assert iterative.best_row([row(0, 5.0), row(1, 5.0)])["iteration"] == 0  # ties: the earlier
-    table = iterative.write_summary(tmp_path, rows)
+    assert rounds.best_row(rows)["iteration"] == 1
+    assert rounds.best_row([row(0, 5.0), row(1, 5.0)])["iteration"] == 0  # ties: the earlier
+    table = rounds.write_summary(tmp_path, rows)
     assert "round 1 (670 ± 10), `r1`" in table
     assert (tmp_path / "summary.md").read_text() == table

@@ -210,8 +210,8 @@ def run(
 def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) -> dict:
     """World Models §5 on the finished run (`config.iterate`); the rows of each iteration's
     dream and real scores go into results.json (`iterations`), the last one is `final`, the
-    best one on the evaluation's seeds `best` (`iterative.best_row`)."""
-    from wm_jax.pipeline import iterative
+    best one on the evaluation's seeds `best` (`rounds.best_row`)."""
+    from wm_jax.pipeline import iterative, rounds
 
     settings = config.iterate
     rows = iterative.run(
@@ -223,11 +223,11 @@ def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) 
         warm_start=not settings.fresh_controller,
         progress=progress,
     )
-    print(iterative.write_summary(run_dir / "iterations", rows), flush=True)
+    print(rounds.write_summary(run_dir / "iterations", rows), flush=True)
     results = json.loads((run_dir / "results.json").read_text())
     results["iterations"] = rows
     results["final"] = {"iteration": rows[-1]["iteration"], **rows[-1]["real"]}
-    best = iterative.best_row(rows)
+    best = rounds.best_row(rows)
     results["best"] = {"iteration": best["iteration"], "run_dir": best["run_dir"], **best["real"]}
     atomic_write_json(run_dir / "results.json", results)
     return results

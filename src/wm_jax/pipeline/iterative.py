@@ -19,7 +19,7 @@ Iteration k gets its own run folder `RUN_DIR/iterations/iter_k/` (like the sweep
 
 Each stage is recorded by `experiment.run_config`'s markers, so a killed run resumes where it
 stopped and finished iterations are skipped. The table goes to `RUN_DIR/iterations/summary.md`
-and `.json`.
+and `.json` (`wm_jax.pipeline.rounds`).
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 
 from wm_jax.core import links, runtime
-from wm_jax.core.checkpoint import atomic_write_json, atomic_write_text
+from wm_jax.core.checkpoint import atomic_write_json
 from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import experiment, run_folder
 from wm_jax.pipeline.cli import add_common_arguments, run_command
+from wm_jax.pipeline.rounds import PARENT_STAGES, round_row, write_summary
 
 INDEX_OFFSET = 1_000_000  # iteration k's new episodes are k * INDEX_OFFSET + i
 DEFAULT_NOISE = 0.1
-PARENT_STAGES = ("collect", "train_vae", "encode", "train_mdn_rnn", "train_controller", "evaluate")
 # Settings an iteration cannot change: V is not retrained, M and C keep their shapes, and new
 # episodes are collected as the parent's were.
 _FROZEN_SECTIONS = {"vae", "vae_train", "mdn_rnn", "collect"}
@@ -84,7 +84,7 @@ def load_parent(run_dir: Path) -> tuple[cfg.ExperimentConfig, int]:
                 f"{run_dir} has not finished stage {stage}: run the experiment first "
                 f"(python -m wm_jax.experiment {config.experiment} --run-dir {run_dir})"
             )
-    return config, int(_marker(run_dir, "train_mdn_rnn")["summary"]["steps"])
+    return config, int(run_folder.require_record(run_dir, "train_mdn_rnn")["summary"]["steps"])
 
 
 def iteration_config(
@@ -104,13 +104,6 @@ def iteration_config(
     return dataclasses.replace(
         config, mdn_train=dataclasses.replace(config.mdn_train, num_steps=steps)
     )
-
-
-def _marker(run_dir: Path, stage: str) -> dict[str, Any]:
-    record = run_folder.read_record(run_dir, stage)
-    if record is None:
-        raise FileNotFoundError(f"{run_folder.record_path(run_dir, stage)} is missing")
-    return record
 
 
 def warm_start_es(config: cfg.ExperimentConfig, paths, previous, iteration: int) -> None:
@@ -260,60 +253,6 @@ def prepare_iteration(
     return sub
 
 
-def _row(run_dir: Path, iteration: int) -> dict[str, Any]:
-    """One summary row from a finished run folder's stage markers."""
-    summaries = {stage: _marker(run_dir, stage)["summary"] for stage in PARENT_STAGES}
-    evaluation = summaries["evaluate"]
-    return {
-        "iteration": iteration,
-        "run_dir": str(run_dir),
-        "episodes": summaries["collect"]["episodes"],
-        "frames": summaries["collect"].get("frames"),
-        "m_steps": summaries["train_mdn_rnn"]["steps"],
-        "m_final_loss": (summaries["train_mdn_rnn"].get("final_loss") or {}).get("loss"),
-        "dream": evaluation.get("dream"),
-        "real": {k: evaluation[k] for k in ("mean", "std", "episodes")},
-    }
-
-
-def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round whose C scored best in the real game, on the evaluation's (selection) seeds.
-
-    A later round is not always better: each re-evolves C, a noisy draw of its own (CarRacing,
-    experiments/README.md: 670 ± 160 after one round, 342 ± 199 after the next). Choosing
-    among rounds on the selection seeds keeps the publication seeds for the chosen C alone.
-    """
-    return max(rows, key=lambda row: (row["real"]["mean"], -row["iteration"]))
-
-
-def write_summary(out_dir: Path, rows: list[dict[str, Any]]) -> str:
-    """Per iteration: episodes, M's final loss, dream and real-game scores (markdown and JSON),
-    and the best round (`best_row`)."""
-    lines = [
-        "| iteration | episodes | M steps | M final loss | score in dream | real game |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        name = "0 (parent)" if row["iteration"] == 0 else str(row["iteration"])
-        loss = f"{row['m_final_loss']:.4f}" if row["m_final_loss"] is not None else "—"
-        dream, real = row["dream"], row["real"]
-        dream_text = f"{dream['mean']:.0f} ± {dream['std']:.0f}" if dream else "—"
-        real_text = f"{real['mean']:.0f} ± {real['std']:.0f} (n={real['episodes']})"
-        lines.append(
-            f"| {name} | {row['episodes']} | {row['m_steps']} | {loss} | {dream_text} | "
-            f"{real_text} |"
-        )
-    best = best_row(rows)
-    lines.append(
-        f"\nBest real-game score on these seeds: round {best['iteration']} "
-        f"({best['real']['mean']:.0f} ± {best['real']['std']:.0f}), `{best['run_dir']}`."
-    )
-    table = "\n".join(lines) + "\n"
-    atomic_write_text(out_dir / "summary.md", table)
-    atomic_write_json(out_dir / "summary.json", rows)
-    return table
-
-
 def run(
     run_dir: str | Path,
     iterations: int,
@@ -346,7 +285,7 @@ def run(
     if episodes < 1:
         raise cfg.ConfigError(f"--episodes {episodes}: must be >= 1")
     settings = {"episodes": episodes, "noise": float(noise), "warm_start": warm_start}
-    rows = [_row(run_dir, 0)]
+    rows = [round_row(run_dir, 0)]
     out_dir = run_dir / "iterations"
     for k in range(1, iterations + 1):
         config = iteration_config(parent, parent_m_steps, k, overrides or [])
@@ -359,7 +298,7 @@ def run(
             print(f"[iterative] iteration {k} in {sub}", flush=True)
             sub = prepare_iteration(run_dir, k, config, settings | {"iteration": k}, progress)
             experiment.run_config(config, sub, progress=progress)
-        rows.append(_row(sub, k))
+        rows.append(round_row(sub, k))
         write_summary(out_dir, rows)
     return rows
 

@@ -105,12 +105,18 @@ def write_record(
     return record
 
 
+def require_record(run_dir: Path, stage: str) -> dict[str, Any]:
+    """`read_record`, for a stage that must be complete: a missing record names its file."""
+    record = read_record(run_dir, stage)
+    if record is None:
+        raise FileNotFoundError(f"{record_path(run_dir, stage)} is missing")
+    return record
+
+
 def adopt_record(source_run: Path, run_dir: Path, stage: str) -> None:
     """Take `stage` as complete from another run folder (a sweep's or an iteration's parent):
     its id is kept, its inputs dropped (they name the parent's stages, not ours)."""
-    record = read_record(source_run, stage)
-    if record is None:
-        raise FileNotFoundError(f"{record_path(source_run, stage)} is missing")
+    record = require_record(source_run, stage)
     record = {**record, "id": record_id(record), "inputs": None, "adopted_from": str(source_run)}
     atomic_write_json(record_path(run_dir, stage), record)
 
