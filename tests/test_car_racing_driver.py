@@ -56,3 +56,42 @@ def test_driver_fraction_is_refused_for_a_game_without_a_driver():
         cfg.apply_overrides(preset("doom_take_cover", "smoke"), ["collect.driver_fraction=0.5"])
     with pytest.raises(cfg.ConfigError, match="collect.driver_fraction"):
         cfg.apply_overrides(preset("car_racing", "smoke"), ["collect.driver_fraction=2"])
+
+
+def test_driver_stops_stand_the_car_still_and_leave_its_character_alone():
+    spec = game_spec("car_racing")
+    stopping = NoisyDriver(spec, 5, stop_rate=0.05)
+    plain = NoisyDriver(spec, 5)
+    # Stops draw from their own stream: the episode's character is the one it had before.
+    assert (stopping.target_speed, stopping.gain, stopping.lapse_rate) == (
+        plain.target_speed,
+        plain.gain,
+        plain.lapse_rate,
+    )
+    assert plain.stop_rate == 0.0 and 0.0 < stopping.stop_rate <= 0.05
+
+    def factory(spec, seed):
+        return NoisyDriver(spec, seed, stop_rate=0.05)
+
+    _, episode = _tile_reward(factory, seed=5, frames=400)
+    stopped = np.all(episode.actions == np.array([0.0, -1.0, 0.6], np.float32), axis=1)
+    assert stopped.any(), "no stop in 400 frames at a per-frame rate of 0.05 at most"
+    # After braking, a standing car earns no tile: every frame pays the game's -0.1.
+    runs = np.flatnonzero(np.diff(np.concatenate([[0], stopped.astype(int), [0]])))
+    starts, ends = runs[::2], runs[1::2]
+    longest = int(np.argmax(ends - starts))
+    assert ends[longest] - starts[longest] >= 30
+    tail = episode.rewards[ends[longest] - 10 : ends[longest]]
+    np.testing.assert_allclose(tail, -0.1, atol=1e-6)
+
+
+def test_driver_mix_passes_the_driver_its_options():
+    spec = game_spec("car_racing")
+    mix = DriverMix(random_policy("car_racing"), spec.driver, 1.0, {"stop_rate": 0.01})
+    assert 0.0 < mix(spec, 3).stop_rate <= 0.01
+    assert DriverMix(random_policy("car_racing"), spec.driver, 1.0)(spec, 3).stop_rate == 0.0
+
+
+def test_driver_stops_are_refused_for_a_game_without_a_driver():
+    with pytest.raises(cfg.ConfigError, match="collect.driver_stops=0.01: doom_take_cover"):
+        cfg.apply_overrides(preset("doom_take_cover", "smoke"), ["collect.driver_stops=0.01"])

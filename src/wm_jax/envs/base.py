@@ -166,15 +166,19 @@ class DriverMix:
     with probability `fraction`, else by `base` (the random policy, or C while iterating).
 
     The choice is drawn from the episode's policy seed, so it does not depend on workers or
-    shards, and a rerun plays the same episodes. Picklable: it holds a factory and a path.
+    shards, and a rerun plays the same episodes. Picklable: it holds a factory, a path and the
+    driver's keyword options (CarRacing's `stop_rate`; none are passed when empty).
     """
 
-    def __init__(self, base: PolicyFactory, driver: str, fraction: float):
+    def __init__(
+        self, base: PolicyFactory, driver: str, fraction: float, options: dict | None = None
+    ):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"driver fraction must be in [0, 1], got {fraction}")
         self.base, self.driver, self.fraction = base, driver, float(fraction)
+        self.options = dict(options or {})
 
     def __call__(self, spec: GameSpec, seed: int) -> Policy:
         if np.random.default_rng([seed, 1]).random() < self.fraction:
-            return load(self.driver)(spec, seed)
+            return load(self.driver)(spec, seed, **self.options)
         return self.base(spec, seed)

@@ -13,6 +13,12 @@ gives M crashes and the -100 of leaving the playfield), steering gain, look-ahea
 noise and "lapses": stretches of random-walk driving that wander off the road and come back.
 Measured (3 tracks, no noise, look-ahead 3 tiles, speed 40, gain 2): 599, 621, 614 over 1,000
 frames; at speed 50: 205-258; at 70: about 0 (off the road at the first fast bend).
+
+Stops (`stop_rate` > 0, `collect.driver_stops`): the driver now and then brakes to a halt on
+the road and waits, sometimes before it sets off. Why: neither the random policy (gas 0.15-0.5)
+nor the driver ever stands still, so M never sees that a stopped car earns no tiles and pays
+-0.1 a frame, and C learns to idle in a dream that pays for it (experiments/README.md: idle
+paid +228 in the default run's dream, -93 in the game).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ class NoisyDriver:
     clip(x2, 0, 1) (`wm_jax.envs.car_racing.game_action`).
     """
 
-    def __init__(self, spec: GameSpec, seed: int):
+    def __init__(self, spec: GameSpec, seed: int, stop_rate: float = 0.0):
         del spec
         rng = self._rng = np.random.default_rng(seed)
         self.target_speed = rng.uniform(25.0, 65.0)  # ~40 drives well; 60+ leaves the road
@@ -44,6 +50,14 @@ class NoisyDriver:
         self._walk = np.zeros(3)
         self._env = None
         self._points = None  # (N, 2) the track's centre line, fixed for an episode
+        # Stops draw from their own stream, so stop_rate=0 plays exactly the episodes it
+        # played before stops existed.
+        stops = self._stop_rng = np.random.default_rng([seed, 2])
+        self.stop_rate = stops.uniform(0.0, stop_rate)  # per frame: start a stop
+        self._stop_left = self._stop_length() if stop_rate > 0 and stops.random() < 0.25 else 0
+
+    def _stop_length(self) -> int:
+        return int(self._stop_rng.integers(30, 200))  # frames braking, then standing
 
     def bind(self, env) -> None:
         """The episode's game (a `CarRacingEnv`, after its reset), read for the track and the
@@ -54,6 +68,12 @@ class NoisyDriver:
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         del frame  # the driver reads the game's state
         rng = self._rng
+        if self._stop_left == 0 and self.stop_rate > 0 and self._stop_rng.random() < self.stop_rate:
+            self._stop_left = self._stop_length()
+        if self._stop_left > 0:
+            self._stop_left -= 1
+            self._walk = np.array([0.0, -1.0, 0.6])  # no gas, brake 0.6 (a standing car stays)
+            return self._walk.astype(np.float32)
         if self._lapse_left == 0 and rng.random() < self.lapse_rate:
             self._lapse_left = int(rng.integers(20, 80))
         if self._lapse_left > 0 or self._env is None:

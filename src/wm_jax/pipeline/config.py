@@ -50,6 +50,10 @@ class CollectConfig:
     # Not in the paper: this share of the episodes is played by the game's heuristic driver
     # (`GameSpec.driver`, CarRacing only), so M also sees what driving well pays.
     driver_fraction: float = 0.0
+    # Not in the paper: the driver's largest per-frame chance to brake to a halt and wait
+    # 30-200 frames (each episode draws its own in [0, this]), so M sees that standing still
+    # earns nothing. CarRacing's driver only; 0 = never.
+    driver_stops: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +161,7 @@ _RANGES = {
     ("evaluate", "workers"): (0, 4096),
     ("evaluate", "max_steps"): (0, None),
     ("collect", "driver_fraction"): (0.0, 1.0),
+    ("collect", "driver_stops"): (0.0, 0.1),
     ("iterate", "iterations"): (0, 1000),
     ("iterate", "episodes"): (0, None),
     ("mdn_rnn", "reward_min"): (None, None),
@@ -211,11 +216,12 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             f"controller.train_in=dream for {config.game} needs M to predict reward and done: "
             "add --set mdn_rnn.predict_reward=true --set mdn_rnn.predict_done=true"
         )
-    if config.collect.driver_fraction > 0 and spec.driver is None:
-        raise ConfigError(
-            f"collect.driver_fraction={config.collect.driver_fraction}: {config.game} has no "
-            "heuristic driver (GameSpec.driver)"
-        )
+    for field in ("driver_fraction", "driver_stops"):
+        value = getattr(config.collect, field)
+        if value > 0 and spec.driver is None:
+            raise ConfigError(
+                f"collect.{field}={value}: {config.game} has no heuristic driver (GameSpec.driver)"
+            )
     if config.mdn_rnn.action_dim != spec.action_dim:
         raise ConfigError(
             f"mdn_rnn.action_dim={config.mdn_rnn.action_dim}: {config.game} takes "

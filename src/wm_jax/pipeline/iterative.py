@@ -54,6 +54,7 @@ _FROZEN = {("controller", "kind"), ("controller", "train_in")}
 _FREE_FIELDS = {
     ("collect", "workers"),
     ("collect", "driver_fraction"),
+    ("collect", "driver_stops"),
     ("mdn_rnn", "reward_over_weight"),
     ("mdn_rnn", "reward_min"),
     ("mdn_rnn", "done_pos_weight"),

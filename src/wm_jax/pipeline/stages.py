@@ -48,7 +48,9 @@ def collection_policy(config: ExperimentConfig, base: Any) -> Any:
     """`base` (a PolicyFactory), or a mix with the game's driver (`collect.driver_fraction`)."""
     if config.collect.driver_fraction == 0:
         return base
-    return DriverMix(base, game_spec(config.game).driver, config.collect.driver_fraction)
+    stops = config.collect.driver_stops
+    options = {"stop_rate": stops} if stops > 0 else {}
+    return DriverMix(base, game_spec(config.game).driver, config.collect.driver_fraction, options)
 
 
 def collect(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any]:
