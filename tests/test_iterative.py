@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from collections import deque
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +12,8 @@ import pytest
 from wm_jax.core import checkpoint
 from wm_jax.data import EpisodeStore
 from wm_jax.data.encode import MIRROR_OFFSET
-from wm_jax.envs import game_spec, real_rollout
-from wm_jax.envs.collect import episode_seeds
+from wm_jax.envs import DriverMix, game_spec, make_env, random_policy, real_rollout
+from wm_jax.envs.collect import _batched_share, collect, episode_seeds, run_episode
 from wm_jax.envs.controller_policy import ControllerPolicy
 from wm_jax.es import evolve
 from wm_jax.models import controller, mdn_rnn, vae
@@ -71,19 +72,57 @@ def test_policy_without_noise_acts_like_the_batched_evaluation_step(factory_args
     step = real_rollout.make_policy_step(c_config, m_config)
     memory = mdn_rnn.initial_state(m_config, (2,))
     flats = np.stack([flat, -flat]).astype(np.float32)
+    keys = jax.random.key_data(jax.vmap(jax.random.key)(np.array([seed, 9])))
     for t in range(len(frames)):
         batched, memory = step(
-            jax.random.key(seed),
+            keys,
             vae_params,
             m_params,
             flats,
             memory,
             np.stack([frames[t], others[t]]),
             np.array([t == 0, t == 0]),
-            np.array([0, 1], np.int32),
             np.array([t, t], np.int32),
         )
         np.testing.assert_allclose(actions[t], np.asarray(batched[0]), atol=1e-6)
+
+
+def test_a_controller_collects_batched_as_it_plays_in_process(factory_args, tmp_path):
+    """§5 collection plays C over the whole game pool in one batched step; each episode is the
+    one `ControllerPolicy` plays alone (same z samples, same noise), whatever the workers."""
+    factory = ControllerPolicy(*factory_args, noise=0.3)
+    kwargs = {"seed": 5, "max_frames": 15, "min_frames": 0, "progress": False, "policy": factory}
+    one = collect("minatar_breakout", tmp_path / "one", 3, workers=1, **kwargs)
+    two = collect("minatar_breakout", tmp_path / "two", 3, workers=2, **kwargs)
+    assert one["stored"] == two["stored"] == 3 and two["workers"] == 2
+    spec = game_spec("minatar_breakout")
+    env = make_env(spec)
+    try:
+        for index in range(3):
+            a, b = (EpisodeStore(tmp_path / name).read(index) for name in ("one", "two"))
+            np.testing.assert_array_equal(a.frames, b.frames)
+            np.testing.assert_allclose(a.actions, b.actions, atol=1e-5)
+            alone = run_episode(env, factory, spec, 5, index, 15)
+            np.testing.assert_array_equal(alone.frames, a.frames)
+            np.testing.assert_allclose(alone.actions, a.actions, atol=1e-5)
+            np.testing.assert_array_equal(alone.rewards, a.rewards)
+    finally:
+        env.close()
+    assert np.abs(a.actions).max() <= 1.0 and len(np.unique(a.actions)) > 3  # noisy, clipped
+
+
+def test_a_driver_mix_plays_only_its_controller_episodes_batched():
+    class Batched:
+        def play_batched(self, *args):
+            raise AssertionError("not played here")
+
+    mix = DriverMix(Batched(), game_spec("car_racing").driver, 0.5)
+    todo = deque(range(40))
+    player, mine = _batched_share(mix, 7, todo)
+    drivers = [i for i in range(40) if mix.picks_driver(episode_seeds(7, i)[1])]
+    assert player is mix.base and 10 < len(drivers) < 30
+    assert list(todo) == drivers and sorted(mine + drivers) == list(range(40))
+    assert _batched_share(random_policy("car_racing"), 7, deque([1])) == (None, [])
 
 
 def test_policy_factory_rejects_bad_input(factory_args):

@@ -178,7 +178,11 @@ class DriverMix:
         self.base, self.driver, self.fraction = base, driver, float(fraction)
         self.options = dict(options or {})
 
+    def picks_driver(self, seed: int) -> bool:
+        """Whether the episode of policy seed `seed` is the driver's."""
+        return bool(np.random.default_rng([seed, 1]).random() < self.fraction)
+
     def __call__(self, spec: GameSpec, seed: int) -> Policy:
-        if np.random.default_rng([seed, 1]).random() < self.fraction:
+        if self.picks_driver(seed):
             return load(self.driver)(spec, seed, **self.options)
         return self.base(spec, seed)

@@ -3,30 +3,26 @@
     python -m wm_jax.envs.collect doom_take_cover --episodes 200 --workers 2 --out runs/doom
 
 Episode i's game seed and policy seed derive from (seed, i) only, so the data does not depend on
-the number of workers or shards. Each worker process owns one game; a worker that raises loses
-its episode (logged, retried on the next run) and is replaced by a fresh process, as is one
-that dies.
+the number of workers or shards. Each worker of the one game pool (`wm_jax.envs.env_pool`)
+plays whole episodes and writes their files; a worker that raises loses its episode (logged,
+retried on the next run) and is replaced by a fresh process, as is one that dies.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
-import multiprocessing as mp
 import os
-import shutil
-import signal
 import time
-import traceback
 from collections import deque
-from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wm_jax.envs.base import PolicyFactory, play_episode
+from wm_jax.envs.base import DriverMix, PolicyFactory, play_episode
+from wm_jax.envs.env_pool import EnvPool, WorkerError
 from wm_jax.envs.registry import game_spec, games, make_env, random_policy
 
 log = logging.getLogger(__name__)
@@ -39,7 +35,7 @@ log = logging.getLogger(__name__)
 # scored -45 ± 16 in the game). Episodes end where the game ends them (left the playfield: -100
 # and done; every tile visited: done), as in evaluation; `max_frames` only truncates.
 _MANIFEST_FLUSH_SECONDS = 5.0
-_MAX_FAILED_STARTS = 3  # a worker that dies this many times in a row before any result: give up
+_MAX_FAILURES_PER_WORKER = 3  # this many failures per worker in a row, no episode between: give up
 
 
 def episode_seeds(seed: int, index: int) -> tuple[int, int]:
@@ -58,64 +54,26 @@ def run_episode(env, policy_factory: PolicyFactory, spec, seed: int, index: int,
     return Episode(played.frames, played.actions, played.rewards, played.dones)
 
 
-def _worker(
-    conn, spec, env_kwargs, policy_factory, seed, out_dir, max_frames, min_frames, compresslevel
-):
-    """Worker process: receives episode indices, writes episode files, reports each one.
+def _set_policy(env, state: dict, policy_factory: PolicyFactory) -> None:
+    """Worker side, once per worker: the collection's policy factory (a `ControllerPolicy`
+    builds its jitted step on its first episode and keeps it for the next)."""
+    del env
+    state["policy"] = policy_factory
 
-    `spec` comes whole from the main process (and is registered here), so a game registered
-    only there plays here too.
-    """
+
+def _store_episode(env, state, index, spec, seed, max_frames, min_frames, out_dir, level):
+    """Worker side: plays episode `index` and writes its file; returns (kind, record)."""
+    episode = run_episode(env, state["policy"], spec, seed, index, max_frames)
+    return stored_or_skipped(episode, index, min_frames, out_dir, level)
+
+
+def stored_or_skipped(episode, index: int, min_frames: int, out_dir: str, level: int):
+    """(kind, record): an episode under `min_frames` is only recorded as skipped."""
     from wm_jax.data.store import write_episode_file
 
-    spec = game_spec(spec)
-    env = make_env(spec, **env_kwargs)
-    conn.send(("ready", None, env.leftovers() if hasattr(env, "leftovers") else ([], [])))
-    try:
-        while (index := conn.recv()) is not None:
-            try:
-                episode = run_episode(env, policy_factory, spec, seed, index, max_frames)
-                length = len(episode.actions)
-                if length < min_frames:
-                    conn.send(("skipped", index, {"frames": length, "min_frames": min_frames}))
-                else:
-                    conn.send(
-                        (
-                            "stored",
-                            index,
-                            write_episode_file(out_dir, index, episode, compresslevel),
-                        )
-                    )
-            except Exception:  # the game may be broken now: exit and be replaced by a fresh one
-                conn.send(("error", index, traceback.format_exc()))
-                break
-    finally:
-        env.close()
-
-
-class _Worker:
-    """A spawned worker process and the main process's end of its pipe."""
-
-    def __init__(self, args):
-        context = mp.get_context("spawn")
-        self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child_conn, *args), daemon=True)
-        self.process.start()
-        child_conn.close()
-        self.index: int | None = None  # the episode it is playing
-        self.results = 0
-        self.leftovers: tuple[list[int], list[str]] = ([], [])  # the env's, if the worker dies
-
-    def clean_up(self) -> None:
-        """Kills the dead worker's game processes (found by the env) and removes its folders."""
-        pids, paths = self.leftovers
-        for pid in pids:
-            with contextlib.suppress(OSError):  # gone already, or not ours any more
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if any(path.encode() in cmdline for path in paths):
-                    os.kill(pid, signal.SIGKILL)
-        for path in paths:
-            shutil.rmtree(path, ignore_errors=True)
+    if len(episode.actions) < min_frames:
+        return "skipped", {"frames": len(episode.actions), "min_frames": min_frames}
+    return "stored", write_episode_file(out_dir, index, episode, level)
 
 
 def collect(
@@ -184,32 +142,48 @@ def collect(
     run.summary |= {"requested": len(requested), "already_done": len(requested) - len(todo)}
     num_workers = min(workers or os.cpu_count() or 1, len(todo))
     run.summary["workers"] = num_workers
-    args = (spec, env_kwargs, policy, seed, str(store.root), max_frames, min_frames)
-    args += (spec.compresslevel,)
+    if not todo:
+        run.bar.close()
+        return run.finish()
+    run.policy = policy
+    run.episode_args = (spec, seed, max_frames, min_frames, str(store.root), spec.compresslevel)
+    # A controller (§5) plays its episodes batched, the networks on the accelerator for all
+    # workers at once; every other policy (random, the driver) plays inside the workers.
+    player, batched = _batched_share(policy, seed, todo)
     try:
-        run.pool = [_Worker(args) for _ in range(num_workers)]
-        last_flush = time.perf_counter()
-        while run.pool:
-            # Poll exit codes too: a dead worker's pipe need not close, because ViZDoom's
-            # engine process inherits it and can outlive the worker.
-            ready = wait([w.conn for w in run.pool], timeout=1.0)
-            for worker in list(run.pool):
-                dead = worker.process.exitcode is not None
-                if worker.conn in ready or (dead and worker.conn.poll()):
-                    run.receive(worker, args)
-                elif dead:
-                    run.replace(worker, args)
-            if time.perf_counter() - last_flush > _MANIFEST_FLUSH_SECONDS:
-                store.flush()
-                last_flush = time.perf_counter()
+        # Workers get the game's whole spec (registered there), so a game registered only in
+        # this process plays in them too.
+        run.pool = EnvPool(functools.partial(make_env, spec, **env_kwargs), num_workers)
+        if batched:
+            run.play_batched(player, batched)
+        for slot in range(num_workers if run.todo else 0):
+            run.start(slot)
+        while run.busy:
+            for slot in run.pool.wait(list(run.busy), timeout_s=1.0):
+                run.receive(slot)
+            run.flush()
+        run.pool.close()
     finally:
-        for worker in run.pool:  # only after an exception: stop the rest
-            worker.process.kill()
-            worker.process.join()
-            worker.clean_up()
+        if run.pool is not None:  # only after an exception: stop the rest at once
+            run.pool.close(graceful=False)
         store.flush()
         run.bar.close()
     return run.finish()
+
+
+def _batched_share(policy: PolicyFactory, seed: int, todo: deque) -> tuple[Any, list[int]]:
+    """The policy that plays batched (one with `play_batched`, alone or as a `DriverMix`'s
+    base) and the episodes it plays, taken out of `todo`; (None, []) for other policies."""
+    if hasattr(policy, "play_batched"):
+        player, mine = policy, list(todo)
+    elif isinstance(policy, DriverMix) and hasattr(policy.base, "play_batched"):
+        player = policy.base
+        mine = [i for i in todo if not policy.picks_driver(episode_seeds(seed, i)[1])]
+    else:
+        return None, []
+    for index in mine:
+        todo.remove(index)
+    return player, mine
 
 
 class _Run:
@@ -219,81 +193,108 @@ class _Run:
         from tqdm.auto import tqdm
 
         self.game, self.store, self.todo = game, store, todo
-        self.pool: list[_Worker] = []
-        self.failed_starts = 0
+        self.pool: EnvPool | None = None
+        self.busy: dict[int, int] = {}  # slot -> the episode it is playing
+        self.failures = 0  # episodes or worker starts in a row that failed
+        self.policy: PolicyFactory | None = None
+        # _store_episode's arguments after the index: spec, seed, max_frames, min_frames,
+        # out_dir, compresslevel
+        self.episode_args: tuple = ()
         self.summary = {"game": game, "out_dir": str(store.root), "stored": 0, "skipped": 0}
         self.summary |= {"failed": [], "frames": 0}
         self.bar = tqdm(total=len(todo), unit="ep", disable=not progress, desc=game)
-        self.start = time.perf_counter()
+        self.start_time = self.last_flush = time.perf_counter()
 
-    def receive(self, worker: _Worker, args) -> None:
-        try:
-            kind, index, payload = worker.conn.recv()
-        except (EOFError, OSError):
-            self.replace(worker, args)
-            return
+    def flush(self) -> None:
+        if time.perf_counter() - self.last_flush > _MANIFEST_FLUSH_SECONDS:
+            self.store.flush()
+            self.last_flush = time.perf_counter()
+
+    def play_batched(self, player, indices: list[int]) -> None:
+        """Episodes `indices` played by `player` over the whole pool, each written by this
+        process as it ends."""
+        from wm_jax.data.store import Episode
+
+        _, seed, max_frames, *kept = self.episode_args  # kept: min_frames, out_dir, level
+        seeds = np.array([episode_seeds(seed, index) for index in indices]).reshape(-1, 2)
+
+        def on_record(i, played) -> None:
+            episode = Episode(played.frames, played.actions, played.rewards, played.dones)
+            self.record(indices[i], *stored_or_skipped(episode, indices[i], *kept))
+            self.flush()
+
+        returns = player.play_batched(self.pool, seeds[:, 0], seeds[:, 1], on_record, max_frames)
+        for i in np.flatnonzero(np.isnan(returns)):
+            log.error("episode %s lost to a worker failure", indices[i])
+            self.summary["failed"].append(indices[i])
+            self.advance()
+
+    def record(self, index: int, kind: str, payload: dict) -> None:
         summary = self.summary
         if kind == "stored":
             self.store.add_record(index, payload, flush=False)
             summary["stored"] += 1
             summary["frames"] += payload["frames"]
-        elif kind == "skipped":
+        else:
             self.store.mark_skipped(index, "too short", flush=False, **payload)
             summary["skipped"] += 1
-        elif kind == "ready":
-            worker.leftovers = payload
-        elif kind == "error":
-            summary["failed"].append(index)
-            log.error("episode %d failed:\n%s", index, payload)
-            worker.index = None  # it exits now; replace() starts another
-        if kind != "ready":
-            worker.results += 1
-            self.failed_starts = 0
-            self.advance()
-        if kind != "error":
-            self.dispatch(worker)
+        self.failures = 0
+        self.advance()
 
-    def replace(self, worker: _Worker, args) -> None:
-        """A worker died: its episode is lost (retried on the next run); start another."""
-        self.pool.remove(worker)
-        worker.process.join()
-        worker.clean_up()
-        log.error("worker died (exit code %s) playing episode %s",
-                  worker.process.exitcode, worker.index)  # fmt: skip
-        if worker.index is not None:
-            self.summary["failed"].append(worker.index)
-            self.advance()
-        self.failed_starts = 0 if worker.results else self.failed_starts + 1
-        if self.failed_starts >= _MAX_FAILED_STARTS:
-            raise RuntimeError(f"{self.game} workers die before their first episode; see the log")
-        if self.todo:
-            self.pool.append(_Worker(args))
-
-    def dispatch(self, worker: _Worker) -> None:
-        """Sends the worker its next episode, or None (then it exits and leaves the pool)."""
-        index = self.todo.popleft() if self.todo else None
+    def start(self, slot: int) -> None:
+        """A fresh worker: the policy once, then its first episode."""
         try:
-            worker.conn.send(index)
-        except OSError:  # died since its last message: replace() comes next
-            if index is not None:
-                self.todo.appendleft(index)
-            worker.index = None
+            self.pool.send(slot, "call", (_set_policy, (self.policy,)))
+            self.pool.recv(slot)
+        except WorkerError as err:
+            self.replace(slot, None, err)
             return
-        worker.index = index
-        if index is None:
-            self.pool.remove(worker)
-            worker.process.join()
+        self.dispatch(slot)
+
+    def receive(self, slot: int) -> None:
+        index = self.busy.pop(slot)
+        try:
+            kind, payload = self.pool.recv(slot)
+        except WorkerError as err:
+            self.replace(slot, index, err)
+            return
+        self.record(index, kind, payload)
+        self.dispatch(slot)
+
+    def replace(self, slot: int, index: int | None, err: WorkerError) -> None:
+        """A worker raised or died: its episode is lost (retried on the next run), and a fresh
+        worker (the game may be broken after an exception) takes the slot."""
+        log.error("episode %s failed: %s", index, err)
+        if index is not None:
+            self.summary["failed"].append(index)
+            self.advance()
+        self.failures += 1
+        if self.failures >= _MAX_FAILURES_PER_WORKER * self.pool.num_workers:
+            raise RuntimeError(f"{self.game} workers keep failing; last: {err}") from err
+        if self.todo:
+            self.pool.restart(slot)
+            self.start(slot)
+
+    def dispatch(self, slot: int) -> None:
+        """Sends the slot its next episode, if any is left."""
+        if not self.todo:
+            return
+        index = self.todo.popleft()
+        # A worker that died since its last answer: wait() reports it, then recv() raises.
+        with contextlib.suppress(WorkerError):
+            self.pool.send(slot, "call", (_store_episode, (index, *self.episode_args)))
+        self.busy[slot] = index
 
     def advance(self) -> None:
         self.bar.update()
-        seconds = time.perf_counter() - self.start
+        seconds = time.perf_counter() - self.start_time
         self.bar.set_postfix(fps=f"{self.summary['frames'] / seconds:.0f}",
                              skipped=self.summary["skipped"],
                              failed=len(self.summary["failed"]))  # fmt: skip
 
     def finish(self) -> dict[str, Any]:
         summary, store = self.summary, self.store
-        seconds = time.perf_counter() - self.start
+        seconds = time.perf_counter() - self.start_time
         summary |= {"seconds": seconds, "frames_per_s": summary["frames"] / max(seconds, 1e-9)}
         episodes = summary["stored"] + summary["skipped"]
         summary |= {"episodes_per_s": episodes / max(seconds, 1e-9)}

@@ -1,13 +1,13 @@
-"""The trained agent as a collection policy: V → C → M one frame at a time in a worker process.
+"""The trained agent as a collection policy: V → C → M, batched over the game pool.
 
 The iterative training procedure (World Models §5) collects new real rollouts with the current
 controller instead of a random policy. `ControllerPolicy` is a `PolicyFactory`
-(`wm_jax.envs.base`) for `wm_jax.envs.collect.collect`: it holds V's, M's and C's parameters as
-numpy arrays, so it pickles into the spawned collector workers, and each worker builds the
-jitted step on its first episode. The step is `wm_jax.envs.real_rollout.make_policy_step`
-with a batch of one, so a frame is seen exactly as in evaluation: z ~ N(μ, σ²) from V,
-a = C([z, (c,) h]) on M's state before the step, then M consumes [z, a] (Doom: and the restart
-flag).
+(`wm_jax.envs.base`) for `wm_jax.envs.collect.collect`, which plays it through
+`play_batched`: every worker's frame goes through one jitted V → C → M step on the accelerator
+(`wm_jax.envs.real_rollout`), exactly as in evaluation. Called per episode (`factory(spec,
+seed)`), it is the same step with a batch of one (`python -m wm_jax.play`), and plays the same
+episode: z ~ N(μ, σ²) from V, a = C([z, (c,) h]) on M's state before the step, then M consumes
+[z, a] (Doom: and the restart flag). Episode randomness comes from the policy seed's key only.
 
 Exploration: C's output plus Gaussian noise of standard deviation `noise`, clipped to [-1, 1].
 The paper only says the controller should explore while collecting; noise on the action is the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from wm_jax.models import controller, mdn_rnn
 
 if TYPE_CHECKING:
-    from wm_jax.envs.base import GameSpec, Policy
+    from wm_jax.envs.base import GameSpec, PlayedEpisode, Policy
 
 
 class ControllerPolicy:
@@ -92,7 +93,7 @@ class ControllerPolicy:
             if self.platform is not None and multiprocessing.parent_process() is not None:
                 # A collector worker: nothing has touched JAX's backends here yet.
                 jax.config.update("jax_platforms", self.platform)
-            step = _policy_step(self.c_config, self.m_config, self.sample_z)
+            step = _policy_step(self.c_config, self.m_config, self.sample_z, self.noise)
             self._device = (step, jax.device_put(self.vae_params), jax.device_put(self.m_params))
         return self._device
 
@@ -105,17 +106,48 @@ class ControllerPolicy:
             )
         return _EpisodePolicy(self, int(seed))
 
+    def play_batched(
+        self,
+        pool: Any,
+        game_seeds: Sequence[int],
+        policy_seeds: Sequence[int],
+        on_record: Callable[[int, PlayedEpisode], None],
+        max_frames: int | None = None,
+    ) -> np.ndarray:
+        """Plays episode i on game seed game_seeds[i] with policy_seeds[i]'s randomness, all
+        of the pool's workers at once; `on_record(i, episode)` as each one ends. Returns the
+        (N,) returns, NaN where a worker failure lost the episode."""
+        import jax
+
+        from wm_jax.envs import real_rollout
+
+        keys = jax.vmap(jax.random.key)(np.asarray(policy_seeds, np.int64) % 2**32)
+        results = real_rollout.evaluate_population_real(
+            jax.random.key(0),  # unused: every episode has its own key
+            pool,
+            real_rollout.RealModels(self.vae_params, self.m_config, self.m_params),
+            self.c_config,
+            self.flat_params[None],
+            len(game_seeds),
+            np.asarray(game_seeds)[None],
+            max_steps=max_frames,
+            sample_z=self.sample_z,
+            episode_keys=keys,
+            noise=self.noise,
+            on_record=on_record,
+        )
+        return results.returns[0]
+
 
 class _EpisodePolicy:
-    """One episode's state: M's memory, the step counter and the noise generator."""
+    """One episode's state: M's memory, the step counter and the episode's key."""
 
     def __init__(self, factory: ControllerPolicy, seed: int):
         import jax
 
         self.factory = factory
         self.step_fn, self.vae_params, self.m_params = factory._runtime()
-        self.key = jax.random.key(seed % 2**32)
-        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))  # apart from z's key
+        self.key_data = np.asarray(jax.random.key_data(jax.random.key(seed % 2**32)))[None]
         self.flat = factory.flat_params[None]  # (1, D)
         self.memory = None
         if factory.c_config.uses_memory:
@@ -127,29 +159,25 @@ class _EpisodePolicy:
         if frame.shape != (64, 64, 3):
             raise ValueError(f"expected a (64, 64, 3) uint8 frame, got {frame.shape}")
         actions, self.memory = self.step_fn(
-            self.key,
+            self.key_data,
             self.vae_params,
             self.m_params,
             self.flat,
             self.memory,
             frame[None],
             np.array([self.steps == 0]),  # restart: M's state starts from zeros
-            np.zeros(1, np.int32),  # episode id: the key is per episode already
             np.array([self.steps], np.int32),
         )
         self.steps += 1
-        action = np.asarray(actions[0], np.float32)
-        if self.factory.noise > 0:
-            action = action + self.factory.noise * self.rng.standard_normal(action.shape)
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+        return np.asarray(actions[0], np.float32)
 
 
 @functools.lru_cache(maxsize=8)
-def _policy_step(c_config, m_config, sample_z):
+def _policy_step(c_config, m_config, sample_z, noise):
     # One compiled step per process and configuration, shared by every episode it plays.
     from wm_jax.envs import real_rollout
 
-    return real_rollout.make_policy_step(c_config, m_config, sample_z)
+    return real_rollout.make_policy_step(c_config, m_config, sample_z, noise)
 
 
 def _to_numpy(params: Any) -> Any:

@@ -9,8 +9,12 @@ on with the next episode.
 
 Per frame, as in the authors' code (carracing/model.py): z ~ N(μ, σ²) from V's encoding of the
 frame, a = C([z, h]) on M's state *before* the step, then M consumes [z, a] (Doom: and the
-restart flag) to update its state. Episode e's randomness is `fold_in(key, e)`, so results do
-not depend on the number of workers.
+restart flag) to update its state. Episode e's randomness is its own key (evaluation:
+`fold_in(key, e)`), so results do not depend on the number of workers.
+
+The same loop collects §5 data (`on_record=`): C's action plus exploration noise is played and
+kept with its frame, reward and done, so collection with a controller is batched as evaluation
+is (`wm_jax.envs.collect`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from wm_jax.envs.base import PlayedEpisode
 from wm_jax.envs.env_pool import EnvPool, WorkerError
 from wm_jax.models import controller, mdn_rnn, vae
 
@@ -56,13 +61,21 @@ def make_policy_step(
     c_config: controller.ControllerConfig,
     m_config: mdn_rnn.MDNRNNConfig | None,
     sample_z: bool = True,
+    noise: float = 0.0,
 ) -> Callable:
-    """The batched V → C → M step for all worker slots, jitted.
+    """The batched V → C → M step for all worker slots, jitted: the one step through which a
+    controller plays the real game (evaluation, real-game CMA-ES, §5 collection, play).
+
+    Args:
+      noise: standard deviation of Gaussian exploration noise on C's output (§5 collection;
+        the paper only says C should explore). The noisy action, clipped to [-1, 1], is the
+        one played and the one M consumes, so M's state follows the episode that happened.
 
     Returns:
-      policy_step(key, vae_params, m_params, flat_params (W, D), memory (LSTMState (W, H) or
-      None), frames (W, 64, 64, 3) uint8, restart (W,) bool, episode_ids (W,), steps (W,))
-      -> (actions (W, A), memory).
+      policy_step(episode_keys (W, 2) uint32 key data, vae_params, m_params, flat_params
+      (W, D), memory (LSTMState (W, H) or None), frames (W, 64, 64, 3) uint8, restart (W,)
+      bool, steps (W,)) -> (actions (W, A), memory). Step t of an episode draws from
+      fold_in(episode key, t): z's noise from it, the action noise from fold_in(that, 1).
     """
     if c_config.uses_memory and m_config is None:
         raise ValueError(f"controller inputs {c_config.inputs} need M: pass m_config and m_params")
@@ -75,16 +88,14 @@ def make_policy_step(
     unflatten = controller.unflatten_fn(c_config)
 
     @jax.jit
-    def policy_step(
-        key, vae_params, m_params, flat_params, memory, frames, restart, episode_ids, steps
-    ):
+    def policy_step(key_data, vae_params, m_params, flat_params, memory, frames, restart, steps):
         mu, logvar = vae.encode(vae_params, vae.frames_to_float(frames))
+        keys = jax.vmap(lambda k, t: jax.random.fold_in(jax.random.wrap_key_data(k), t))(
+            key_data, steps
+        )
         if sample_z:  # the authors' code samples z from V's posterior in the real game too
-            keys = jax.vmap(lambda e, t: jax.random.fold_in(jax.random.fold_in(key, e), t))(
-                episode_ids, steps
-            )
-            noise = jax.vmap(lambda k: jax.random.normal(k, mu.shape[-1:]))(keys)
-            z = mu + jnp.exp(logvar / 2) * noise
+            eps = jax.vmap(lambda k: jax.random.normal(k, mu.shape[-1:]))(keys)
+            z = mu + jnp.exp(logvar / 2) * eps
         else:
             z = mu
         if c_config.uses_memory:
@@ -93,6 +104,10 @@ def make_policy_step(
         actions = jax.vmap(lambda flat, x: controller.act(c_config, unflatten(flat), x))(
             flat_params, inputs
         )
+        if noise > 0:
+            shape = actions.shape[-1:]
+            eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), shape))(keys)
+            actions = jnp.clip(actions + noise * eps, -1.0, 1.0)
         if c_config.uses_memory:
             flag = restart if m_config.use_restart else None
             memory, _ = mdn_rnn.forward_step(m_config, m_params, memory, z, actions, flag)
@@ -116,6 +131,9 @@ def evaluate_population_real(
     max_lost_fraction: float = 0.1,
     episode_ids: np.ndarray | None = None,
     on_episode: Callable[[int, float, int], None] | None = None,
+    episode_keys: jax.Array | None = None,
+    noise: float = 0.0,
+    on_record: Callable[[int, PlayedEpisode], None] | None = None,
 ) -> EpisodeResults:
     """Play `rollouts_per_member` real episodes for every member, all workers at once.
 
@@ -129,6 +147,11 @@ def evaluate_population_real(
         exactly as it would have in one uninterrupted call.
       on_episode: called with (index into the P * R episodes, return, length) as each
         episode finishes (to record it at once).
+      episode_keys: (P * R,) each episode's own key, instead of fold_in(key, episode_id)
+        (§5 collection: the key of the episode's policy seed, as `ControllerPolicy` plays it).
+      noise: exploration noise on C's output (`make_policy_step`).
+      on_record: called with (index, PlayedEpisode with every frame, action, reward and done)
+        as each episode finishes (§5 collection writes it to the store at once).
 
     Returns:
       EpisodeResults with (P, R) returns (NaN where lost) and lengths.
@@ -149,7 +172,10 @@ def evaluate_population_real(
     if episode_ids is None:
         episode_ids = np.arange(num_episodes)
     episode_ids = np.asarray(episode_ids).reshape(-1)
-    policy_step = _cached_policy_step(c_config, models.m_config, sample_z)
+    if episode_keys is None:
+        episode_keys = jax.vmap(lambda e: jax.random.fold_in(key, e))(jnp.asarray(episode_ids))
+    key_data = np.asarray(jax.random.key_data(episode_keys)).reshape(num_episodes, -1)
+    policy_step = _cached_policy_step(c_config, models.m_config, sample_z, float(noise))
     num_slots = pool.num_workers
     cap = pool.max_steps if max_steps is None else min(max_steps, pool.max_steps)
 
@@ -160,6 +186,7 @@ def evaluate_population_real(
     slot_steps = np.zeros(num_slots, np.int64)
     frames = np.zeros((num_slots, 64, 64, 3), np.uint8)
     restart = np.ones(num_slots, bool)
+    kept: list[list[list]] = [[[], [], [], []] for _ in range(num_slots)]  # frames, actions, ...
     memory = None
     if c_config.uses_memory:
         memory = mdn_rnn.initial_state(models.m_config, (num_slots,))
@@ -204,6 +231,7 @@ def evaluate_population_real(
                     retry.append(slot)
                     continue
                 slot_return[slot], slot_steps[slot], restart[slot] = 0.0, 0, True
+                kept[slot] = [[], [], [], []]
             pending = retry
 
     try:
@@ -212,17 +240,20 @@ def evaluate_population_real(
             active = np.flatnonzero(slot_episode >= 0)
             members = np.maximum(slot_episode, 0) // rollouts_per_member
             actions, memory = policy_step(
-                key,
+                key_data[np.maximum(slot_episode, 0)],
                 models.vae_params,
                 models.m_params,
                 flat_params[members],
                 memory,
                 frames,
                 restart,
-                episode_ids[np.maximum(slot_episode, 0)],
                 slot_steps,
             )
             actions = np.asarray(actions)
+            if on_record is not None:
+                for slot in active:
+                    kept[slot][0].append(frames[slot].copy())
+                    kept[slot][1].append(actions[slot])
             restart[:] = False
             stepped = []
             for slot in active:
@@ -242,11 +273,16 @@ def evaluate_population_real(
                 frames[slot] = frame
                 slot_return[slot] += reward
                 slot_steps[slot] += 1
+                if on_record is not None:
+                    kept[slot][2].append(reward)
+                    kept[slot][3].append(terminated)
                 if terminated or truncated or slot_steps[slot] >= cap:
                     episode = slot_episode[slot]
                     returns[episode], lengths[episode] = slot_return[slot], slot_steps[slot]
                     if on_episode is not None:
                         on_episode(int(episode), float(returns[episode]), int(lengths[episode]))
+                    if on_record is not None:
+                        on_record(int(episode), _played(float(returns[episode]), kept[slot]))
                     bar.update(1)
                     finished.append(slot)
             start(finished)
@@ -256,10 +292,22 @@ def evaluate_population_real(
     return EpisodeResults(returns.reshape(shape), lengths.reshape(shape))
 
 
+def _played(total: float, kept: list[list]) -> PlayedEpisode:
+    frames, actions, rewards, dones = kept
+    return PlayedEpisode(
+        total,
+        len(actions),
+        np.stack(frames),
+        np.stack(actions).astype(np.float32),
+        np.asarray(rewards, np.float32),
+        np.asarray(dones, bool),
+    )
+
+
 @functools.lru_cache(maxsize=16)
-def _cached_policy_step(c_config, m_config, sample_z):
+def _cached_policy_step(c_config, m_config, sample_z, noise):
     # One jitted function per (controller, M) config, so repeated generations never retrace.
-    return make_policy_step(c_config, m_config, sample_z)
+    return make_policy_step(c_config, m_config, sample_z, noise)
 
 
 def population_evaluator(
