@@ -186,6 +186,11 @@ def test_sharded_equals_unsharded_on_four_host_devices(tmp_path):
             population_size=8, rollouts_per_member=4, sigma_init=0.5, eval_rollouts=8,
             max_steps=30, generations_per_call=2, eval_every=2, checkpoint_every=2,
             compact_min_batch=2)
+        # The default (None) shards over as many devices as split the population evenly.
+        auto = evolve._population_mesh(config)
+        assert config.shard_population is None and auto is not None and auto.size == 4
+        odd = dataclasses.replace(config, population_size=6, eval_rollouts=6)
+        assert evolve._population_mesh(odd).size == 3
         runs = {{}}
         # unsharded plain chunks; sharded + compacted per device (shard_map); sharded full scan
         for name, shard, compact, chunk in [("plain", False, False, 4),

@@ -40,6 +40,7 @@ def encode_store(
     batch_size: int = 1024,
     progress: bool = True,
     mirror_signs: tuple[float, ...] | None = None,
+    mesh: Any = None,
 ) -> dict[str, Any]:
     """Writes `EncodedEpisode(mu, logvar, actions, rewards, dones)` for every stored episode.
 
@@ -49,7 +50,8 @@ def encode_store(
     Resumable: episodes already in `out_store` are kept, provided it was made by the same V
     (checked by a fingerprint of the parameters in its meta.json; a different V raises). Frames
     go through a jitted `vae.encode` in chunks of at most `batch_size`. Corrupt source episodes
-    are skipped with a warning (or raise if `store.strict`).
+    are skipped with a warning (or raise if `store.strict`). With a `mesh`
+    (`wm_jax.core.devices.data_mesh`) each chunk is split over its devices, V replicated.
 
     Returns:
         counts: encoded (this call), already_done, skipped_corrupt, frames, seconds.
@@ -57,6 +59,7 @@ def encode_store(
     import jax
     from tqdm.auto import tqdm
 
+    from wm_jax.core import devices
     from wm_jax.models import vae
 
     fingerprint = params_fingerprint(vae_params)
@@ -65,6 +68,9 @@ def encode_store(
     if previous.get("vae_params_sha256", fingerprint) != fingerprint:
         raise ValueError(f"{out_store.root} was encoded by other VAE parameters; use a new folder")
     out_store.write_meta(meta | {"latent_dim": vae.latent_dim_of(vae_params)})
+
+    vae_params = devices.replicate(vae_params, mesh)
+    parts = devices.device_count(mesh)
 
     @jax.jit
     def encode(params, frames):  # (N, 64, 64, 3) uint8 -> (N, Z), (N, Z)
@@ -78,9 +84,10 @@ def encode_store(
         mus, logvars = [], []
         for begin in range(0, len(frames), batch_size):
             chunk = frames[begin : begin + batch_size]
-            padded = np.zeros((_bucket(len(chunk), batch_size), *chunk.shape[1:]), np.uint8)
+            size = -(-_bucket(len(chunk), batch_size) // parts) * parts  # splits evenly
+            padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
             padded[: len(chunk)] = chunk
-            mu, logvar = encode(vae_params, padded)
+            mu, logvar = encode(vae_params, devices.shard_batch(padded, mesh))
             mus.append(np.asarray(mu[: len(chunk)], np.float32))
             logvars.append(np.asarray(logvar[: len(chunk)], np.float32))
         return np.concatenate(mus), np.concatenate(logvars)

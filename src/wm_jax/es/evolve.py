@@ -56,7 +56,10 @@ class EvolveConfig:
     generations_per_call: int = 5  # generations per jitted call (the host logs in between)
     checkpoint_every: int = 25  # generations (0: never)
     keep_checkpoints: int = 2
-    shard_population: bool = False  # split the population over all local devices
+    # Split the population over the local devices. None (the default): over as many as split
+    # the population and eval_rollouts evenly, when there are several; True: over all of them
+    # (an error if they do not split); False: one device.
+    shard_population: bool | None = None
     # Stop early once this many evaluations of the ES mean in a row have not beaten the best
     # one (0: never; needs eval_every). A dream C that found its exploit stops improving within
     # a few generations (Doom's first C: at the dream's cap by generation 10 of 60).
@@ -231,9 +234,14 @@ class DreamEvolver(NamedTuple):
 
 
 def _population_mesh(config: EvolveConfig) -> Mesh | None:
-    if not config.shard_population:
+    if config.shard_population is False:
         return None
     devices = np.array(jax.local_devices())
+    if config.shard_population is None:
+        count = devices.size
+        while config.population_size % count or config.eval_rollouts % count:
+            count -= 1
+        return None if count == 1 else Mesh(devices[:count], ("pop",))
     if config.population_size % devices.size:
         raise ValueError(
             f"population_size {config.population_size} is not divisible by the "

@@ -62,6 +62,9 @@ class DataConfig:
 
     memory_budget_mb: int = 2048  # frames held in RAM by V's loader (not the whole dataset)
     encode_batch_size: int = 1024
+    # Local devices V's and M's training and the encoding split each batch over (weights
+    # replicated; `wm_jax.core.devices`). 0: as many as split the batch evenly; 1: one device.
+    devices: int = 0
     # Also encode each episode mirrored left-right (frames flipped, actions mirrored), so M
     # learns both sides of the room from one side's data. Not in the paper; Doom only.
     mirror: bool = False
@@ -158,6 +161,7 @@ _RANGES = {
     ("mdn_rnn", "num_mixtures"): (1, 64),
     ("evolve", "sigma_init"): (1e-6, 100.0),
     ("collect", "workers"): (0, 4096),
+    ("data", "devices"): (0, 4096),
     ("evaluate", "workers"): (0, 4096),
     ("evaluate", "max_steps"): (0, None),
     ("collect", "driver_fraction"): (0.0, 1.0),

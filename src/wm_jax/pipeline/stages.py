@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax.core import checkpoint
+from wm_jax.core import checkpoint, devices
 from wm_jax.data import EpisodeStore, encode_store, frame_batches, sequence_batches
 from wm_jax.data.done_records import require_done_records
 from wm_jax.data.store import NoEpisodesError
@@ -114,6 +114,8 @@ def train_vae(config: ExperimentConfig, paths: RunPaths, progress: bool = True) 
         config={"vae": dataclasses.asdict(config.vae)},
         checkpoint_every=max(1, min(500, num_steps // 4)),
         progress=progress,
+        mesh=devices.data_mesh(config.data.devices, config.vae_train.batch_size),
+        batch_setting="vae_train.batch_size",
     )
     return {
         "steps": int(state.step),
@@ -133,6 +135,7 @@ def encode(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> 
         batch_size=config.data.encode_batch_size,
         progress=progress,
         mirror_signs=game_spec(config.game).mirror_signs if config.data.mirror else None,
+        mesh=devices.data_mesh(config.data.devices, config.data.encode_batch_size),
     )
     return {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
 
@@ -174,6 +177,8 @@ def train_mdn_rnn(
         config={"mdn_rnn": dataclasses.asdict(config.mdn_rnn)},
         checkpoint_every=max(1, min(500, train.num_steps // 4)),
         progress=progress,
+        mesh=devices.data_mesh(config.data.devices, train.batch_size),
+        batch_setting="mdn_train.batch_size",
     )
     return {"steps": int(state.step), "final_loss": last}
 

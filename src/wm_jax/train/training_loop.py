@@ -15,9 +15,10 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from wm_jax.core import checkpoint
+from wm_jax.core import checkpoint, devices
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -71,6 +72,8 @@ def run(
     checkpoint_every: int = 500,
     log_every: int = 25,
     progress: bool = True,
+    mesh: Mesh | None = None,
+    batch_setting: str = "batch_size",
 ) -> tuple[Any, dict[str, float]]:
     """Train for `num_steps` steps, resuming from `checkpoint_dir` when it holds a checkpoint.
 
@@ -91,6 +94,9 @@ def run(
       on_step: called as `on_step(step, metrics)` after each step, `step` counted from 1 and the
         metrics still on the device (no host sync).
       log_every: steps between the host syncs that check for NaN and write the metrics.
+      mesh: data parallelism (`wm_jax.core.devices.data_mesh`): the state replicated over its
+        devices and every batch split along its first axis; None: one device.
+      batch_setting: the config field named when a batch does not split over the devices.
 
     Returns:
       (final state, the last logged metrics).
@@ -108,6 +114,7 @@ def run(
             # The newest step that verifies: a corrupt newer one is skipped with a warning, and
             # the stream and keys resume from the step actually restored.
             state, start = checkpoint.restore_latest(checkpoint_dir, target=state)
+    state = devices.place_state(state, mesh)
     pending: list[dict[str, jax.Array]] = []
     last: dict[str, float] = {}
     where = f"; the last good checkpoint is in {checkpoint_dir}" if checkpoint_dir else ""
@@ -140,6 +147,7 @@ def run(
         for batch in batches(start):
             if num_steps is not None and step >= num_steps:
                 break
+            batch = devices.shard_batch(batch, mesh, batch_setting)
             state, metrics = train_step(jax.random.fold_in(key_steps, step), state, batch)
             pending.append(metrics)
             step += 1

@@ -1,0 +1,96 @@
+"""Data parallelism over a machine's local devices: one 1-D mesh, each batch split along its
+first axis, the weights replicated.
+
+V's and M's training steps and the encoding pass are written for one device; placing their
+inputs here is all it takes to run them on every local device (GSPMD partitions the jitted
+step from its inputs' shardings and inserts the gradient all-reduce). The arithmetic is the
+one-device arithmetic up to the order of the batch sums (tests/test_devices.py: 4 forced host
+devices against 1). jax.random is partitionable (`jax_threefry_partitionable`), so V's
+reparameterisation noise is the one a single device draws.
+
+    mesh = data_mesh(0, batch_size)           # None on a one-device machine: nothing changes
+    state = place_state(state, mesh)          # replicated (M's carried LSTM state: split)
+    batch = shard_batch(batch, mesh, "V's batch_size")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "data"
+
+
+def data_mesh(devices: int = 0, batch_size: int | None = None) -> Mesh | None:
+    """The local devices a batch of `batch_size` is split over, as a 1-D "data" mesh; None
+    for one device (then nothing changes).
+
+    devices: 0 (the default) takes as many local devices as split the batch evenly (a TPU
+    v2-8's 8 cores for a batch of 128, 5 of them for V's batch of 100); N takes exactly N.
+    """
+    available = jax.local_devices()
+    if devices == 0:
+        count = len(available)
+        while batch_size is not None and batch_size % count:
+            count -= 1
+    else:
+        count = devices
+    if not 1 <= count <= len(available):
+        raise ValueError(
+            f"data.devices={devices}: this process has {len(available)} local devices "
+            f"({available[0].platform})"
+        )
+    if count == 1:
+        return None
+    return Mesh(np.array(available[:count]), (AXIS,))
+
+
+def device_count(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else mesh.size
+
+
+def check_divisible(size: int, mesh: Mesh | None, what: str) -> None:
+    """One line naming the setting when a batch cannot be split evenly over the devices."""
+    if size % device_count(mesh):
+        raise ValueError(
+            f"{what}={size} does not split over {device_count(mesh)} devices: use a multiple "
+            f"of {device_count(mesh)}, or --set data.devices=1"
+        )
+
+
+def _split(mesh: Mesh, x: Any) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(AXIS, *([None] * (np.ndim(x) - 1))))
+
+
+def shard_batch(batch: Any, mesh: Mesh | None, what: str = "batch") -> Any:
+    """Every leaf of `batch` split along its first axis over the mesh (as is without one)."""
+    if mesh is None:
+        return batch
+
+    def put(x):
+        check_divisible(np.shape(x)[0], mesh, what)
+        return jax.device_put(x, _split(mesh, x))
+
+    return jax.tree.map(put, batch)
+
+
+def replicate(tree: Any, mesh: Mesh | None) -> Any:
+    """Every leaf of `tree` copied to all the mesh's devices (as is without one)."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def place_state(state: Any, mesh: Mesh | None) -> Any:
+    """A train state on the mesh: weights and optimiser state replicated; a per-sequence
+    `carry` (M's LSTM state carried between windows, (B, H)) split like the batch."""
+    if mesh is None:
+        return state
+    carry = getattr(state, "carry", None)
+    state = replicate(state.replace(carry=None) if carry is not None else state, mesh)
+    if carry is not None:
+        state = state.replace(carry=shard_batch(carry, mesh, "mdn_train.batch_size"))
+    return state
