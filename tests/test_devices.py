@@ -131,6 +131,13 @@ def test_one_device_changes_nothing_and_bad_counts_name_the_setting():
         devices.data_mesh(2)
     mesh = jax.sharding.Mesh(np.array(jax.local_devices() * 1), ("data",))
     devices.check_divisible(7, mesh, "vae_train.batch_size")  # one device: anything splits
+    # The runner prints it as one line, not a traceback.
+    from wm_jax.pipeline.cli import user_error
+
+    try:
+        devices.data_mesh(2)
+    except devices.DeviceSplitError as err:
+        assert user_error(err) == str(err) and "\n" not in str(err)
 
 
 def test_the_largest_even_split_is_chosen(monkeypatch):

@@ -24,6 +24,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "data"
 
 
+class DeviceSplitError(ValueError):
+    """A device count or a batch that does not split; the one-line message names the setting."""
+
+
 def data_mesh(devices: int = 0, batch_size: int | None = None) -> Mesh | None:
     """The local devices a batch of `batch_size` is split over, as a 1-D "data" mesh; None
     for one device (then nothing changes).
@@ -39,7 +43,7 @@ def data_mesh(devices: int = 0, batch_size: int | None = None) -> Mesh | None:
     else:
         count = devices
     if not 1 <= count <= len(available):
-        raise ValueError(
+        raise DeviceSplitError(
             f"data.devices={devices}: this process has {len(available)} local devices "
             f"({available[0].platform})"
         )
@@ -55,7 +59,7 @@ def device_count(mesh: Mesh | None) -> int:
 def check_divisible(size: int, mesh: Mesh | None, what: str) -> None:
     """One line naming the setting when a batch cannot be split evenly over the devices."""
     if size % device_count(mesh):
-        raise ValueError(
+        raise DeviceSplitError(
             f"{what}={size} does not split over {device_count(mesh)} devices: use a multiple "
             f"of {device_count(mesh)}, or --set data.devices=1"
         )

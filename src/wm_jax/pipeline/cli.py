@@ -15,12 +15,13 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from wm_jax.core.devices import DeviceSplitError
 from wm_jax.data.store import NoEpisodesError
 from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import run_folder
 
 # Errors of the data the user can fix: no readable episodes, a store without done records.
-USER_ERRORS: tuple[type[Exception], ...] = (NoEpisodesError,)
+USER_ERRORS: tuple[type[Exception], ...] = (NoEpisodesError, DeviceSplitError)
 
 
 class Terminated(KeyboardInterrupt):
