@@ -125,21 +125,16 @@ def car_racing(
     # Whole 1,000-frame episodes (the real game's length, which C plays), and V at Adam 1e-3 as
     # Doom's small preset (the same loss in about a quarter of the steps).
     # The first data: 150 whole episodes, 30% of them by the noisy heuristic driver
-    # (`car_racing_driver`: road driving at speed, which random episodes rarely show), which
-    # now and then brakes to a halt and waits (`collect.driver_stops`: M sees that standing
-    # still earns nothing; without it, idle paid +228 in the default run's dream).
+    # (`car_racing_driver`: road driving at speed, which random episodes rarely show). Its
+    # stops (`collect.driver_stops`) are off: on 100 selection tracks they cut what idling pays
+    # in the dream (+318 -> +71; the game: -93) but not the real score (first C 110 against 347
+    # without them; experiments/README.md).
     # Then two §5 rounds: 100 episodes by C + noise 0.5 each, M continued for 1,000 steps on
     # all the data, C evolved again from zeros (experiments/README.md: on the dream that
     # paid for idling, one such round took 20 selection tracks from 176 to 670).
     return replace(
         config,
-        collect=replace(
-            config.collect,
-            episodes=150,
-            max_frames=None,
-            driver_fraction=0.3,
-            driver_stops=0.004,
-        ),
+        collect=replace(config.collect, episodes=150, max_frames=None, driver_fraction=0.3),
         vae_train=replace(config.vae_train, learning_rate=1e-3),
         mdn_train=replace(config.mdn_train, num_steps=2000),
         controller=replace(config.controller, generations=60),
