@@ -181,8 +181,10 @@ def _batched_share(policy: PolicyFactory, seed: int, todo: deque) -> tuple[Any, 
         mine = [i for i in todo if not policy.picks_driver(episode_seeds(seed, i)[1])]
     else:
         return None, []
-    for index in mine:
-        todo.remove(index)
+    taken = set(mine)
+    rest = [index for index in todo if index not in taken]
+    todo.clear()
+    todo.extend(rest)
     return player, mine
 
 
