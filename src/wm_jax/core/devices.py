@@ -37,9 +37,7 @@ def data_mesh(devices: int = 0, batch_size: int | None = None) -> Mesh | None:
     """
     available = jax.local_devices()
     if devices == 0:
-        count = len(available)
-        while batch_size is not None and batch_size % count:
-            count -= 1
+        count = even_split(len(available), *([] if batch_size is None else [batch_size]))
     else:
         count = devices
     if not 1 <= count <= len(available):
@@ -50,6 +48,14 @@ def data_mesh(devices: int = 0, batch_size: int | None = None) -> Mesh | None:
     if count == 1:
         return None
     return Mesh(np.array(available[:count]), (AXIS,))
+
+
+def even_split(available: int, *sizes: int) -> int:
+    """The most devices, at most `available`, that every one of `sizes` splits over evenly."""
+    count = available
+    while any(size % count for size in sizes):
+        count -= 1
+    return count
 
 
 def device_count(mesh: Mesh | None) -> int:
@@ -88,13 +94,14 @@ def replicate(tree: Any, mesh: Mesh | None) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def place_state(state: Any, mesh: Mesh | None) -> Any:
+def place_state(state: Any, mesh: Mesh | None, what: str = "batch") -> Any:
     """A train state on the mesh: weights and optimiser state replicated; a per-sequence
-    `carry` (M's LSTM state carried between windows, (B, H)) split like the batch."""
+    `carry` (M's LSTM state carried between windows, (B, H)) split like the batch (`what`
+    names the batch's setting in an error)."""
     if mesh is None:
         return state
     carry = getattr(state, "carry", None)
     state = replicate(state.replace(carry=None) if carry is not None else state, mesh)
     if carry is not None:
-        state = state.replace(carry=shard_batch(carry, mesh, "mdn_train.batch_size"))
+        state = state.replace(carry=shard_batch(carry, mesh, what))
     return state

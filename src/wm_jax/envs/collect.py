@@ -55,8 +55,8 @@ def run_episode(env, policy_factory: PolicyFactory, spec, seed: int, index: int,
 
 
 def _set_policy(env, state: dict, policy_factory: PolicyFactory) -> None:
-    """Worker side, once per worker: the collection's policy factory (a `ControllerPolicy`
-    builds its jitted step on its first episode and keeps it for the next)."""
+    """Worker side, once per worker: the collection's policy factory, kept for every episode
+    the worker plays (a policy with state worth keeping, such as a compiled step, keeps it)."""
     del env
     state["policy"] = policy_factory
 

@@ -121,7 +121,6 @@ class ControllerPolicy:
 
         from wm_jax.envs import real_rollout
 
-        keys = jax.vmap(jax.random.key)(np.asarray(policy_seeds, np.int64) % 2**32)
         results = real_rollout.evaluate_population_real(
             jax.random.key(0),  # unused: every episode has its own key
             pool,
@@ -132,7 +131,7 @@ class ControllerPolicy:
             np.asarray(game_seeds)[None],
             max_steps=max_frames,
             sample_z=self.sample_z,
-            episode_keys=keys,
+            episode_keys=jax.random.wrap_key_data(_episode_key_data(policy_seeds)),
             noise=self.noise,
             on_record=on_record,
         )
@@ -143,11 +142,10 @@ class _EpisodePolicy:
     """One episode's state: M's memory, the step counter and the episode's key."""
 
     def __init__(self, factory: ControllerPolicy, seed: int):
-        import jax
 
         self.factory = factory
         self.step_fn, self.vae_params, self.m_params = factory._runtime()
-        self.key_data = np.asarray(jax.random.key_data(jax.random.key(seed % 2**32)))[None]
+        self.key_data = _episode_key_data([seed])
         self.flat = factory.flat_params[None]  # (1, D)
         self.memory = None
         if factory.c_config.uses_memory:
@@ -170,6 +168,15 @@ class _EpisodePolicy:
         )
         self.steps += 1
         return np.asarray(actions[0], np.float32)
+
+
+def _episode_key_data(policy_seeds: Sequence[int]) -> np.ndarray:
+    """(N, 2) uint32: the key data of each episode's key, from its policy seed alone (the same
+    whether the episode plays alone or batched)."""
+    import jax
+
+    seeds = np.asarray(policy_seeds, np.int64) % 2**32
+    return np.asarray(jax.random.key_data(jax.vmap(jax.random.key)(seeds)))
 
 
 @functools.lru_cache(maxsize=8)

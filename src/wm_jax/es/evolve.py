@@ -27,6 +27,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wm_jax import dream
+from wm_jax.core.devices import even_split
 from wm_jax.dream import rollout as dream_rollout
 from wm_jax.es import evolve_loop
 from wm_jax.es import generation as es_generation
@@ -238,9 +239,7 @@ def _population_mesh(config: EvolveConfig) -> Mesh | None:
         return None
     devices = np.array(jax.local_devices())
     if config.shard_population is None:
-        count = devices.size
-        while config.population_size % count or config.eval_rollouts % count:
-            count -= 1
+        count = even_split(devices.size, config.population_size, config.eval_rollouts)
         return None if count == 1 else Mesh(devices[:count], ("pop",))
     if config.population_size % devices.size:
         raise ValueError(

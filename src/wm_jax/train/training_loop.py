@@ -114,7 +114,7 @@ def run(
             # The newest step that verifies: a corrupt newer one is skipped with a warning, and
             # the stream and keys resume from the step actually restored.
             state, start = checkpoint.restore_latest(checkpoint_dir, target=state)
-    state = devices.place_state(state, mesh)
+    state = devices.place_state(state, mesh, batch_setting)
     pending: list[dict[str, jax.Array]] = []
     last: dict[str, float] = {}
     where = f"; the last good checkpoint is in {checkpoint_dir}" if checkpoint_dir else ""
