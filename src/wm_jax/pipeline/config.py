@@ -90,6 +90,10 @@ class EvaluateConfig:
     # Frames per real episode, the random baseline's too; 0: the game's own cap (Doom 2,100,
     # CarRacing 1,000). Only the smoke presets cut it, to keep the tests short.
     max_steps: int = 0
+    # After the run (and its §5 rounds), the chosen C (the best round on the selection seeds
+    # above, `rounds.best_row`) plays this many *publication* tracks / levels, which no choice
+    # looked at (`evaluate.PUBLICATION_SEED_OFFSET`); 0: none.
+    publication_episodes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +168,7 @@ _RANGES = {
     ("data", "devices"): (0, 4096),
     ("evaluate", "workers"): (0, 4096),
     ("evaluate", "max_steps"): (0, None),
+    ("evaluate", "publication_episodes"): (0, None),
     ("collect", "driver_fraction"): (0.0, 1.0),
     ("collect", "driver_stops"): (0.0, 0.1),
     ("iterate", "iterations"): (0, 1000),

@@ -199,10 +199,72 @@ def play_in_process(
     return _result(returns, lengths, seeds)
 
 
+def measure_agent(
+    agent_path: Path,
+    episodes: int,
+    first_seed: int,
+    seed_set: str = "custom",
+    *,
+    workers: int = 0,
+    out: Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Play a shipped agent or a finished run folder's V, M and C on real seeds
+    `first_seed + i` and write the JSON record (`out`, default `AGENT/evaluation/`).
+
+    The record's name carries a digest of C's weights, so an evaluation of another C (a stage
+    rerun since) never resumes into it; its per-episode JSON lines let an interrupted one resume.
+    """
+    import hashlib
+    import time
+
+    from wm_jax.core.checkpoint import atomic_write_json
+    from wm_jax.pipeline import agents, stages
+    from wm_jax.pipeline import config as cfg
+
+    if episodes < 1:
+        raise cfg.ConfigError(f"--episodes {episodes}: must be >= 1")
+    agent = agents.load(agent_path)  # a shipped agent (manifest.json) or a run folder
+    config, c_config = agent.config, agent.c_config
+    digest = hashlib.sha256(np.asarray(agent.c_flat, np.float32).tobytes()).hexdigest()[:12]
+    out = out or agent_path / "evaluation" / f"seeds-{first_seed}-{episodes}.json"
+    record_path = out.with_name(f"{out.stem}.{digest}.jsonl")
+    start = time.perf_counter()
+    result = evaluate_controller(
+        stages._stage_key(config, "evaluate"),
+        config.game,
+        agent.models(),
+        c_config,
+        agent.c_flat,
+        episodes,
+        num_workers=workers or stages._workers(0),
+        seed_offset=first_seed,
+        max_steps=max_steps,
+        progress=progress,
+        record_path=record_path,
+    )
+    record = {
+        "agent": str(agent_path),
+        "controller_sha256": digest,
+        "experiment": config.experiment,
+        "seed_set": seed_set,
+        "first_seed": first_seed,
+        "episodes": int(np.isfinite(result.returns).sum()),
+        "mean": result.mean,
+        "std": result.std,
+        "returns": [float(r) for r in result.returns],
+        "lengths": [int(n) for n in result.lengths],
+        "seconds": time.perf_counter() - start,
+    }
+    atomic_write_json(out, record)
+    print(f"{result.summary()} on seeds {first_seed}..{first_seed + episodes - 1}: {out}")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m wm_jax.evaluate RUN_DIR`: re-measure a run's agent on any real seeds."""
     import argparse
-    import time
 
     from wm_jax.core import runtime
     from wm_jax.pipeline.cli import exit_code
@@ -225,49 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     first = SEED_SETS[args.seeds] if args.first_seed is None else args.first_seed
-
-    def work() -> dict[str, Any]:
-        from wm_jax.pipeline import agents, stages
-        from wm_jax.pipeline import config as cfg
-
-        if args.episodes < 1:
-            raise cfg.ConfigError(f"--episodes {args.episodes}: must be >= 1")
-        agent = agents.load(args.agent)  # a shipped agent (manifest.json) or a run folder
-        config, c_config = agent.config, agent.c_config
-        name = f"seeds-{first}-{args.episodes}"
-        out = args.out or args.agent / "evaluation" / f"{name}.json"
-        start = time.perf_counter()
-        result = evaluate_controller(
-            stages._stage_key(config, "evaluate"),
-            config.game,
-            agent.models(),
-            c_config,
-            agent.c_flat,
+    return exit_code(
+        lambda: measure_agent(
+            args.agent,
             args.episodes,
-            num_workers=args.workers or stages._workers(0),
-            seed_offset=first,
+            first,
+            args.seeds if args.first_seed is None else "custom",
+            workers=args.workers,
+            out=args.out,
             progress=not args.no_progress,
-            record_path=out.with_suffix(".jsonl"),
         )
-        record = {
-            "agent": str(args.agent),
-            "experiment": config.experiment,
-            "seed_set": args.seeds if args.first_seed is None else "custom",
-            "first_seed": first,
-            "episodes": int(np.isfinite(result.returns).sum()),
-            "mean": result.mean,
-            "std": result.std,
-            "returns": [float(r) for r in result.returns],
-            "lengths": [int(n) for n in result.lengths],
-            "seconds": time.perf_counter() - start,
-        }
-        from wm_jax.core.checkpoint import atomic_write_json
-
-        atomic_write_json(out, record)
-        print(f"{result.summary()} on seeds {first}..{first + args.episodes - 1}: {out}")
-        return record
-
-    return exit_code(work)
+    )
 
 
 if __name__ == "__main__":

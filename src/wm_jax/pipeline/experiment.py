@@ -204,7 +204,36 @@ def run(
         results = run_config(config, run_dir, stages, progress)
         if config.iterate.iterations:
             results = run_iterations(config, run_dir, progress)
+        if config.evaluate.publication_episodes:
+            results = publish(config, run_dir, results, progress)
         return results
+
+
+def publish(config: cfg.ExperimentConfig, run_dir: Path, results: dict, progress: bool) -> dict:
+    """The chosen C (the best round on the selection seeds, or the run's only C) on
+    `evaluate.publication_episodes` publication seeds, once every choice is made; the record
+    goes to `DIR/publication/` and results.json (`publication`)."""
+    from wm_jax.pipeline import evaluate
+
+    chosen = Path((results.get("best") or {}).get("run_dir") or run_dir)
+    episodes = config.evaluate.publication_episodes
+    print(f"[publication] {chosen}: {episodes} publication episodes", flush=True)
+    record = evaluate.measure_agent(
+        chosen,
+        episodes,
+        evaluate.PUBLICATION_SEED_OFFSET,
+        "publication",
+        workers=config.evaluate.workers,
+        out=run_dir / "publication" / f"seeds-{evaluate.PUBLICATION_SEED_OFFSET}-{episodes}.json",
+        max_steps=config.evaluate.max_steps or None,
+        progress=progress,
+    )
+    results["publication"] = {
+        "iteration": (results.get("best") or {}).get("iteration", 0),
+        **{k: record[k] for k in ("agent", "mean", "std", "episodes", "first_seed", "seconds")},
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    return results
 
 
 def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) -> dict:
@@ -382,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = results.get("final") or results.get("evaluation") or {}
     if evaluation.get("mean") is not None:
         print(
-            f"real-game score over {evaluation.get('episodes')} episodes: "
+            f"real-game score over {evaluation.get('episodes')} selection episodes: "
             f"{evaluation.get('mean'):.1f} ± {evaluation.get('std'):.1f}"
         )
     best = results.get("best")
@@ -390,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"best round on these seeds: {best['iteration']} ({best['mean']:.1f} ± "
             f"{best['std']:.1f}), {best['run_dir']}"
+        )
+    published = results.get("publication")
+    if published:
+        print(
+            f"real-game score of round {published['iteration']} over {published['episodes']} "
+            f"held-out publication episodes: {published['mean']:.1f} ± {published['std']:.1f}"
         )
     return 0
 
