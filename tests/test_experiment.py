@@ -125,12 +125,34 @@ def test_help_lists_experiments_scales_stages_and_settings(capsys):
         assert word in text
 
 
-def test_car_racing_smoke_end_to_end(tmp_path):
+def test_car_racing_smoke_end_to_end(tmp_path, capsys):
+    import hashlib
+
+    import numpy as np
+
+    from wm_jax.pipeline import agents
+
     run_dir = tmp_path / "car"
-    experiment.run("car_racing", "smoke", run_dir, progress=False)
+    publish = ["evaluate.publication_episodes=2"]
+    experiment.run("car_racing", "smoke", run_dir, overrides=publish, progress=False)
     results = _check_run_folder(run_dir, "car_racing", episodes=2)
     assert results["controller"]["trained_in"] == "dream"  # the default: C only in the dream
     assert "906 ± 21" in (run_dir / "report" / "report.md").read_text()
+    # The chosen C then plays publication seeds, disjoint from the selection seeds above.
+    published = results["publication"]
+    assert published["episodes"] == 2 and published["first_seed"] == 20_000_000
+    assert published["agent"] == str(run_dir) and published["iteration"] == 0
+    record = json.loads((run_dir / "publication" / "seeds-20000000-2.json").read_text())
+    assert record["seed_set"] == "publication" and record["mean"] == published["mean"]
+    assert min(record["returns"]) > -1000 and len(record["returns"]) == 2
+    # Its episodes are kept under C's digest: a rerun resumes them, another C never does.
+    c_flat = np.asarray(agents.load(run_dir).c_flat, np.float32)
+    digest = hashlib.sha256(c_flat.tobytes()).hexdigest()[:12]
+    assert (run_dir / "publication" / f"seeds-20000000-2.{digest}.jsonl").is_file()
+    capsys.readouterr()
+    again = experiment.run("car_racing", "smoke", run_dir, overrides=publish, progress=False)
+    assert again["publication"]["mean"] == published["mean"]
+    assert "[evaluate] complete, skipped" in capsys.readouterr().out
 
 
 def test_temperature_sweep_reuses_one_m(doom_run):
