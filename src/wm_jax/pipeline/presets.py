@@ -281,7 +281,7 @@ def preset(
 # the first C's pipeline, and for each §5 round after it.
 _WALL_MINUTES = {
     ("doom_take_cover", "small"): (73, 23),
-    ("car_racing", "small"): (57, 17),  # 20 selection tracks a round; 8 min of publication
+    ("car_racing", "small"): (49, 22),  # 20 selection tracks a round; 8 min of publication
 }
 
 
