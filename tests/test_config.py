@@ -130,8 +130,9 @@ def test_car_racing_trains_c_in_the_dream_by_default_and_the_paper_way_is_one_fl
     assert dream.mdn_rnn.predict_reward and dream.mdn_rnn.predict_done
     assert dream.evolve.rollouts_per_member == 8
     assert dream.mdn_rnn.reward_min == -1.0  # the playfield's -100 floored (presets.car_racing)
-    # Two §5 rounds of C's own episodes (the first data's driver share is not theirs).
-    assert dream.iterate.iterations == 2 and dream.iterate.fresh_controller
+    # Three §5 rounds of C's own episodes (the first data's driver share is not theirs).
+    assert dream.iterate.iterations == 3 and dream.iterate.fresh_controller
+    assert dream.evaluate.episodes == 20 and dream.evaluate.publication_episodes == 100
     assert "collect.driver_fraction=0" in dream.iterate.overrides
     real = experiment.build_config("car_racing", "small", 0, ["controller.train_in=real"])
     assert real.controller.train_in == "real"

@@ -129,7 +129,7 @@ def car_racing(
     # stops (`collect.driver_stops`) are off: on 100 selection tracks they cut what idling pays
     # in the dream (+318 -> +71; the game: -93) but not the real score (first C 110 against 347
     # without them; experiments/README.md).
-    # Then two §5 rounds: 100 episodes by C + noise 0.5 each, M continued for 1,000 steps on
+    # Then three §5 rounds: 100 episodes by C + noise 0.5 each, M continued for 1,000 steps on
     # all the data, C evolved again from zeros (experiments/README.md: on the dream that
     # paid for idling, one such round took 20 selection tracks from 176 to 670).
     return replace(
