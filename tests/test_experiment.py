@@ -126,10 +126,7 @@ def test_help_lists_experiments_scales_stages_and_settings(capsys):
 
 
 def test_car_racing_smoke_end_to_end(tmp_path, capsys):
-    import hashlib
-
-    import numpy as np
-
+    from wm_jax.data.encode import params_fingerprint
     from wm_jax.pipeline import agents
 
     run_dir = tmp_path / "car"
@@ -146,8 +143,7 @@ def test_car_racing_smoke_end_to_end(tmp_path, capsys):
     assert record["seed_set"] == "publication" and record["mean"] == published["mean"]
     assert min(record["returns"]) > -1000 and len(record["returns"]) == 2
     # Its episodes are kept under C's digest: a rerun resumes them, another C never does.
-    c_flat = np.asarray(agents.load(run_dir).c_flat, np.float32)
-    digest = hashlib.sha256(c_flat.tobytes()).hexdigest()[:12]
+    digest = params_fingerprint(agents.load(run_dir).c_flat)[:12]
     assert (run_dir / "publication" / f"seeds-20000000-2.{digest}.jsonl").is_file()
     capsys.readouterr()
     again = experiment.run("car_racing", "smoke", run_dir, overrides=publish, progress=False)

@@ -216,10 +216,10 @@ def measure_agent(
     The record's name carries a digest of C's weights, so an evaluation of another C (a stage
     rerun since) never resumes into it; its per-episode JSON lines let an interrupted one resume.
     """
-    import hashlib
     import time
 
     from wm_jax.core.checkpoint import atomic_write_json
+    from wm_jax.data.encode import params_fingerprint
     from wm_jax.pipeline import agents, stages
     from wm_jax.pipeline import config as cfg
 
@@ -227,7 +227,7 @@ def measure_agent(
         raise cfg.ConfigError(f"--episodes {episodes}: must be >= 1")
     agent = agents.load(agent_path)  # a shipped agent (manifest.json) or a run folder
     config, c_config = agent.config, agent.c_config
-    digest = hashlib.sha256(np.asarray(agent.c_flat, np.float32).tobytes()).hexdigest()[:12]
+    digest = params_fingerprint(agent.c_flat)[:12]
     out = out or agent_path / "evaluation" / f"seeds-{first_seed}-{episodes}.json"
     record_path = out.with_name(f"{out.stem}.{digest}.jsonl")
     start = time.perf_counter()

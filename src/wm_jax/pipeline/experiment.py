@@ -202,64 +202,13 @@ def run(
         print(f"{experiment} at scale {scale} in {run_dir}: {wall_time}", flush=True)
         prepare_run_dir(run_dir, config)
         results = run_config(config, run_dir, stages, progress)
+        from wm_jax.pipeline import rounds
+
         if config.iterate.iterations:
-            results = run_iterations(config, run_dir, progress)
+            results = rounds.run_iterations(config, run_dir, progress)
         if config.evaluate.publication_episodes:
-            results = publish(config, run_dir, results, progress)
+            results = rounds.publish(config, run_dir, results, progress)
         return results
-
-
-def publish(config: cfg.ExperimentConfig, run_dir: Path, results: dict, progress: bool) -> dict:
-    """The chosen C (the best round on the selection seeds, or the run's only C) on
-    `evaluate.publication_episodes` publication seeds, once every choice is made; the record
-    goes to `DIR/publication/` and results.json (`publication`)."""
-    from wm_jax.pipeline import evaluate
-
-    chosen = Path((results.get("best") or {}).get("run_dir") or run_dir)
-    episodes = config.evaluate.publication_episodes
-    print(f"[publication] {chosen}: {episodes} publication episodes", flush=True)
-    record = evaluate.measure_agent(
-        chosen,
-        episodes,
-        evaluate.PUBLICATION_SEED_OFFSET,
-        "publication",
-        workers=config.evaluate.workers,
-        out=run_dir / "publication" / f"seeds-{evaluate.PUBLICATION_SEED_OFFSET}-{episodes}.json",
-        max_steps=config.evaluate.max_steps or None,
-        progress=progress,
-    )
-    results["publication"] = {
-        "iteration": (results.get("best") or {}).get("iteration", 0),
-        **{k: record[k] for k in ("agent", "mean", "std", "episodes", "first_seed", "seconds")},
-    }
-    atomic_write_json(run_dir / "results.json", results)
-    return results
-
-
-def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) -> dict:
-    """World Models §5 on the finished run (`config.iterate`); the rows of each iteration's
-    dream and real scores go into results.json (`iterations`), the last one is `final`, the
-    best one on the evaluation's seeds `best` (`rounds.best_row`)."""
-    from wm_jax.pipeline import iterative, rounds
-
-    settings = config.iterate
-    rows = iterative.run(
-        run_dir,
-        settings.iterations,
-        settings.episodes or None,
-        settings.noise,
-        list(settings.overrides),
-        warm_start=not settings.fresh_controller,
-        progress=progress,
-    )
-    print(rounds.write_summary(run_dir / "iterations", rows), flush=True)
-    results = json.loads((run_dir / "results.json").read_text())
-    results["iterations"] = rows
-    results["final"] = {"iteration": rows[-1]["iteration"], **rows[-1]["real"]}
-    best = rounds.best_row(rows)
-    results["best"] = {"iteration": best["iteration"], "run_dir": best["run_dir"], **best["real"]}
-    atomic_write_json(run_dir / "results.json", results)
-    return results
 
 
 # What each stage reads (besides the config): its record is stale when one of these changed.

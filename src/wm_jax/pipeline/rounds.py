@@ -1,13 +1,16 @@
-"""The table of World Models §5 rounds (`wm_jax.pipeline.iterative`): one row per round from its
-run folder's stage records, the best round on the evaluation's seeds, and
-`RUN_DIR/iterations/summary.md` and `.json`."""
+"""World Models §5 rounds after an experiment's first C (`wm_jax.pipeline.iterative`): their
+table (one row per round from its run folder's stage records, `RUN_DIR/iterations/summary.md`
+and `.json`), the best round on the evaluation's (selection) seeds, and that round's C on the
+publication seeds."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from wm_jax.core.checkpoint import atomic_write_json, atomic_write_text
+from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import run_folder
 
 # The stages a round's parent must have finished, and that every row reads.
@@ -67,3 +70,57 @@ def write_summary(out_dir: Path, rows: list[dict[str, Any]]) -> str:
     atomic_write_text(out_dir / "summary.md", table)
     atomic_write_json(out_dir / "summary.json", rows)
     return table
+
+
+def publish(config: cfg.ExperimentConfig, run_dir: Path, results: dict, progress: bool) -> dict:
+    """The chosen C (the best round on the selection seeds, or the run's only C) on
+    `evaluate.publication_episodes` publication seeds, once every choice is made; the record
+    goes to `DIR/publication/` and results.json (`publication`)."""
+    from wm_jax.pipeline import evaluate
+
+    best = results.get("best") or {}  # no §5 rounds: the run's own C
+    chosen = Path(best.get("run_dir") or run_dir)
+    episodes = config.evaluate.publication_episodes
+    print(f"[publication] {chosen}: {episodes} publication episodes", flush=True)
+    record = evaluate.measure_agent(
+        chosen,
+        episodes,
+        evaluate.PUBLICATION_SEED_OFFSET,
+        "publication",
+        workers=config.evaluate.workers,
+        out=run_dir / "publication" / f"seeds-{evaluate.PUBLICATION_SEED_OFFSET}-{episodes}.json",
+        max_steps=config.evaluate.max_steps or None,
+        progress=progress,
+    )
+    results["publication"] = {
+        "iteration": best.get("iteration", 0),
+        **{k: record[k] for k in ("agent", "mean", "std", "episodes", "first_seed", "seconds")},
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    return results
+
+
+def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) -> dict:
+    """World Models §5 on the finished run (`config.iterate`); the rows of each iteration's
+    dream and real scores go into results.json (`iterations`), the last one is `final`, the
+    best one on the evaluation's seeds `best` (`best_row`)."""
+    from wm_jax.pipeline import iterative
+
+    settings = config.iterate
+    rows = iterative.run(
+        run_dir,
+        settings.iterations,
+        settings.episodes or None,
+        settings.noise,
+        list(settings.overrides),
+        warm_start=not settings.fresh_controller,
+        progress=progress,
+    )
+    print(write_summary(run_dir / "iterations", rows), flush=True)
+    results = json.loads((run_dir / "results.json").read_text())
+    results["iterations"] = rows
+    results["final"] = {"iteration": rows[-1]["iteration"], **rows[-1]["real"]}
+    best = best_row(rows)
+    results["best"] = {"iteration": best["iteration"], "run_dir": best["run_dir"], **best["real"]}
+    atomic_write_json(run_dir / "results.json", results)
+    return results
