@@ -127,7 +127,7 @@ def test_one_device_changes_nothing_and_bad_counts_name_the_setting():
     assert devices.data_mesh(0, 100) is None  # this process: one CPU device
     batch = np.zeros((3, 2))
     assert devices.shard_batch(batch, None) is batch
-    with pytest.raises(ValueError, match="data.devices=2: this process has 1 local devices"):
+    with pytest.raises(ValueError, match=r"data.devices=2: 1 device\(s\) available"):
         devices.data_mesh(2)
     mesh = jax.sharding.Mesh(np.array(jax.local_devices() * 1), ("data",))
     devices.check_divisible(7, mesh, "vae_train.batch_size")  # one device: anything splits

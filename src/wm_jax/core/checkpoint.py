@@ -22,6 +22,10 @@ Why not orbax's `CheckpointManager` for the step folders: it finalises a step by
 and the sha256 manifest must be inside the step before that rename, so a step is either complete
 and verifiable or invisible; keeping N and finding the latest are the few lines of `save` and
 `all_steps`. Every earlier run's folders load with this layout.
+
+Several processes (`wm_jax.core.distributed`): every process calls `save` (sharded leaves are
+gathered, a collective), process 0 alone writes, and the others wait at a barrier until the
+step is in place; every process restores on its own from the shared folder.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
+from wm_jax.core import distributed
 from wm_jax.core.files import atomic_write
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
@@ -144,6 +150,37 @@ def save(
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory = Path(directory).absolute()  # orbax refuses relative paths
     final = _step_dir(directory, step)
+    if jax.process_count() > 1:
+        pytree = distributed.tree_to_host(pytree)  # every process: gathers sharded leaves
+        try:
+            if distributed.is_writer():
+                _save_and_prune(directory, final, pytree, step, config, keep)
+        finally:
+            distributed.barrier(f"checkpoint {final}")  # the others wait for the files
+        return final
+    _save_and_prune(directory, final, pytree, step, config, keep)
+    return final
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """orbax's checkpointer for this process alone: with several processes orbax would
+    otherwise wait for all of them at every save and restore (`save` writes on process 0)."""
+    only_me = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}
+    )
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    return ocp.StandardCheckpointer(multiprocessing_options=only_me)
+
+
+def _save_and_prune(
+    directory: Path,
+    final: Path,
+    pytree: Any,
+    step: int,
+    config: Mapping[str, Any] | None,
+    keep: int,
+) -> None:
     try:
         _save_step(directory, final, pytree, step, config)
         if config is not None:
@@ -159,7 +196,6 @@ def save(
     # Hidden folders of unfinished saves: a killed process's, or one orbax's writers created
     # after a failed save's cleanup (they can be late); swept once the new step is in place.
     _sweep_leftovers(directory)
-    return final
 
 
 def _save_step(
@@ -169,7 +205,7 @@ def _save_step(
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".tmp_step_{step:09d}_{uuid.uuid4().hex}"
     try:
-        checkpointer = ocp.StandardCheckpointer()
+        checkpointer = _checkpointer()
         try:
             checkpointer.save(tmp / "state", pytree)
             checkpointer.wait_until_finished()  # an async save is lost if the process exits first
@@ -245,7 +281,7 @@ def verify(directory: str | os.PathLike, step: int) -> None:
 
 def _restore_step(directory: Path, step: int, target: Any) -> Any:
     path = _step_dir(directory, step) / "state"
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _checkpointer()
     try:
         if target is None:
             return checkpointer.restore(path)

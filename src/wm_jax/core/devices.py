@@ -1,5 +1,5 @@
-"""Data parallelism over a machine's local devices: one 1-D mesh, each batch split along its
-first axis, the weights replicated.
+"""Data parallelism over every device (one machine's, or several processes'): one 1-D mesh,
+each batch split along its first axis, the weights replicated.
 
 V's and M's training steps and the encoding pass are written for one device; placing their
 inputs here is all it takes to run them on every local device (GSPMD partitions the jitted
@@ -11,6 +11,10 @@ reparameterisation noise is the one a single device draws.
     mesh = data_mesh(0, batch_size)           # None on a one-device machine: nothing changes
     state = place_state(state, mesh)          # replicated (M's carried LSTM state: split)
     batch = shard_batch(batch, mesh, "V's batch_size")
+
+With several processes (`wm_jax.core.distributed.initialize`) the mesh spans every process's
+devices; each process holds the same full batch and places only its own rows
+(`distributed.put`), so the step is the one-process step over more devices.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from wm_jax.core import distributed
+
 AXIS = "data"
 
 
@@ -29,21 +35,21 @@ class DeviceSplitError(ValueError):
 
 
 def data_mesh(devices: int = 0, batch_size: int | None = None) -> Mesh | None:
-    """The local devices a batch of `batch_size` is split over, as a 1-D "data" mesh; None
-    for one device (then nothing changes).
+    """The devices a batch of `batch_size` is split over, as a 1-D "data" mesh; None for one
+    device (then nothing changes). Every process's devices when there are several processes.
 
     devices: 0 (the default) takes as many local devices as split the batch evenly (a TPU
     v2-8's 8 cores for a batch of 128, 5 of them for V's batch of 100); N takes exactly N.
     """
-    available = jax.local_devices()
+    available = jax.devices()  # this process's own, unless several processes were connected
     if devices == 0:
         count = even_split(len(available), *([] if batch_size is None else [batch_size]))
     else:
         count = devices
     if not 1 <= count <= len(available):
         raise DeviceSplitError(
-            f"data.devices={devices}: this process has {len(available)} local devices "
-            f"({available[0].platform})"
+            f"data.devices={devices}: {len(available)} device(s) available "
+            f"({available[0].platform}; {jax.process_count()} process(es))"
         )
     if count == 1:
         return None
@@ -82,7 +88,7 @@ def shard_batch(batch: Any, mesh: Mesh | None, what: str = "batch") -> Any:
 
     def put(x):
         check_divisible(np.shape(x)[0], mesh, what)
-        return jax.device_put(x, _split(mesh, x))
+        return distributed.put(x, _split(mesh, x))
 
     return jax.tree.map(put, batch)
 
@@ -91,7 +97,7 @@ def replicate(tree: Any, mesh: Mesh | None) -> Any:
     """Every leaf of `tree` copied to all the mesh's devices (as is without one)."""
     if mesh is None:
         return tree
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return jax.tree.map(lambda x: distributed.put(x, NamedSharding(mesh, PartitionSpec())), tree)
 
 
 def place_state(state: Any, mesh: Mesh | None, what: str = "batch") -> Any:

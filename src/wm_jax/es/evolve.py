@@ -57,7 +57,8 @@ class EvolveConfig:
     generations_per_call: int = 5  # generations per jitted call (the host logs in between)
     checkpoint_every: int = 25  # generations (0: never)
     keep_checkpoints: int = 2
-    # Split the population over the local devices. None (the default): over as many as split
+    # Split the population over the devices (every process's, when several are connected,
+    # `wm_jax.core.distributed`). None (the default): over as many as split
     # the population and eval_rollouts evenly, when there are several; True: over all of them
     # (an error if they do not split); False: one device.
     shard_population: bool | None = None
@@ -237,14 +238,14 @@ class DreamEvolver(NamedTuple):
 def _population_mesh(config: EvolveConfig) -> Mesh | None:
     if config.shard_population is False:
         return None
-    devices = np.array(jax.local_devices())
+    devices = np.array(jax.devices())  # every process's, when several are connected
     if config.shard_population is None:
         count = even_split(devices.size, config.population_size, config.eval_rollouts)
         return None if count == 1 else Mesh(devices[:count], ("pop",))
     if config.population_size % devices.size:
         raise ValueError(
             f"population_size {config.population_size} is not divisible by the "
-            f"{devices.size} local devices it is sharded over"
+            f"{devices.size} devices it is sharded over"
         )
     return Mesh(devices, ("pop",))
 

@@ -23,7 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from wm_jax.core import checkpoint
+from wm_jax.core import checkpoint, distributed
 from wm_jax.models import controller
 from wm_jax.train import training_loop
 
@@ -45,16 +45,18 @@ class _Logger:
         self.path = Path(log_path) if log_path is not None else None
         self.rows: list[dict] = []  # every row of the run so far (an earlier attempt's kept ones)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             # read_jsonl drops a last line cut short by a kill.
             rows = training_loop.read_jsonl(self.path, key="generation")
             kept = [row for row in rows if row.get("generation", start + 1) <= start]
-            checkpoint.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            if distributed.is_writer():  # one process writes (wm_jax.core.distributed)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                text = "".join(json.dumps(r) + "\n" for r in kept)
+                checkpoint.atomic_write_text(self.path, text)
             self.rows = kept
         self.bar = tqdm(total=total, initial=start, disable=not progress, desc="CMA-ES", unit="gen")
 
     def log(self, rows: list[dict]) -> None:
-        if self.path is not None:
+        if self.path is not None and distributed.is_writer():
             training_loop.append_jsonl(self.path, rows)
         self.rows += rows
         last = rows[-1]
@@ -122,7 +124,7 @@ def run_loop(
             generation = state.generation
             due = config.eval_every and generation % config.eval_every == 0
             if evaluate_mean is not None and due:
-                state, score = record_eval(state, np.asarray(evaluate_mean(state)))
+                state, score = record_eval(state, distributed.to_host(evaluate_mean(state)))
                 rows[-1]["eval_return"] = score
                 rows[-1]["best_eval_return"] = float(state.best_eval_return)
             stale = stale_evaluations(logger.rows + rows)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wm_jax.core import distributed
+
 EVALUATION_STREAM = 2**30  # folded into the run key for evaluations of the mean
 
 
@@ -84,7 +86,8 @@ def step(
 def host_rows(metrics: GenerationMetrics) -> list[dict[str, int | float]]:
     """The metrics as JSON rows, one per generation (fields of shape (G,) or scalars)."""
     arrays = {
-        name: np.atleast_1d(np.asarray(v)) for name, v in jax.device_get(metrics)._asdict().items()
+        name: np.atleast_1d(np.asarray(v))
+        for name, v in distributed.tree_to_host(metrics)._asdict().items()
     }
 
     def scalar(value):

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from wm_jax.core import checkpoint, devices
+from wm_jax.core import checkpoint, devices, distributed
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -52,7 +52,7 @@ def read_jsonl(path: str | os.PathLike, key: str = "step") -> list[dict[str, Any
 
 
 def _to_host(metrics: list[dict[str, jax.Array]]) -> list[dict[str, float]]:
-    host = jax.device_get(metrics)
+    host = distributed.tree_to_host(metrics)  # replicated scalars; several processes too
     return [{name: float(np.asarray(value)) for name, value in row.items()} for row in host]
 
 
@@ -133,7 +133,7 @@ def run(
                     f"{name} training diverged at step {at}: {bad[0]} = {row[bad[0]]}{where}"
                 )
         first = step - len(rows) + 1
-        if metrics_path is not None:
+        if metrics_path is not None and distributed.is_writer():
             append_jsonl(metrics_path, [{"step": first + i, **row} for i, row in enumerate(rows)])
         last = rows[-1]
         pending.clear()
