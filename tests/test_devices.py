@@ -144,7 +144,7 @@ def test_the_largest_even_split_is_chosen(monkeypatch):
     import jax
 
     fake = [jax.local_devices()[0]] * 8  # a TPU v2-8's count of devices, for the choice only
-    monkeypatch.setattr(jax, "local_devices", lambda: fake)
+    monkeypatch.setattr(jax, "devices", lambda: fake)
     assert devices.data_mesh(0, 100).size == 5  # V's paper batch on 8 devices: 5 x 20
     assert devices.data_mesh(0, 128).size == 8
     assert devices.data_mesh(0, 11) is None  # a prime above the count: one device
