@@ -1,4 +1,4 @@
-"""One process of tests/test_distributed.py: V's training, a dream CMA-ES call, a checkpoint
+"""One process of tests/test_distributed.py: M's training, a dream CMA-ES call, a checkpoint
 round trip and a sharded collection, on whatever devices `jax.devices()` lists (one process
 with 4 devices, or 2 processes with 2 each). Prints one JSON line of results.
 
@@ -23,47 +23,59 @@ from wm_jax import dream  # noqa: E402
 from wm_jax.core import checkpoint, devices  # noqa: E402
 from wm_jax.envs import collect  # noqa: E402
 from wm_jax.es import evolve  # noqa: E402
-from wm_jax.models import controller, mdn_rnn, vae  # noqa: E402
-from wm_jax.train import training_loop, vae_train  # noqa: E402
+from wm_jax.models import controller, mdn_rnn  # noqa: E402
+from wm_jax.train import mdn_rnn_train, training_loop  # noqa: E402
 
 
 def main(out: Path) -> None:
     assert jax.device_count() == 4, jax.devices()
     results = {"process": jax.process_index(), "processes": jax.process_count()}
 
-    # V: 3 steps on batches of 8 split over the 4 devices (each process places its own rows).
+    # M: 3 steps on batches of 8 sequences split over the 4 devices (each process places its
+    # own rows; the LSTM state carried between windows is split by row too).
     mesh = devices.data_mesh(0, 8)
     assert mesh is not None and mesh.size == 4
-    init_state, train_step = vae_train.make_train(
-        vae.VAEConfig(latent_dim=4), vae_train.VAETrainConfig(batch_size=8)
+    config = mdn_rnn.MDNRNNConfig(
+        latent_dim=3, action_dim=2, hidden_size=8, num_mixtures=2, predict_done=True
     )
+    train_config = mdn_rnn_train.MDNTrainConfig(batch_size=8, seq_len=5, num_steps=3)
+    init_state, train_step = mdn_rnn_train.make_train(config, train_config)
     rng = np.random.default_rng(0)  # the same batches on every process
-    batches = [rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8) for _ in range(3)]
-    v_dir = out / "v_checkpoints"
+
+    def batch():
+        return mdn_rnn_train.SequenceBatch(
+            rng.normal(size=(8, 6, 3)).astype(np.float32),
+            rng.normal(size=(8, 6, 3)).astype(np.float32) - 2,
+            rng.uniform(-1, 1, (8, 5, 2)).astype(np.float32),
+            rng.random((8, 5)) < 0.1,
+            rng.random((8, 5)) < 0.1,
+            rng.normal(size=(8, 5)).astype(np.float32),
+            np.ones((8, 5), bool),
+        )
+
+    batches = [batch() for _ in range(3)]
+    m_dir = out / "m_checkpoints"
     state, last = training_loop.run(
-        "V",
+        "M",
         jax.random.key(3),
         train_step,
         init_state,
         lambda start: batches[start:],
         3,
-        checkpoint_dir=v_dir,
-        metrics_path=out / "v_metrics.jsonl",
+        checkpoint_dir=m_dir,
+        metrics_path=out / "m_metrics.jsonl",
         checkpoint_every=2,
         progress=False,
         log_every=1,
         mesh=mesh,
     )
-    results["v_loss"] = last["loss"]
-    results["v_kernel_sum"] = float(
-        distributed.to_host(state.params["encoder"]["conv0"]["kernel"]).sum()
-    )
-    results["v_steps"] = checkpoint.all_steps(v_dir)
-    restored, step = checkpoint.restore_latest(v_dir, target=init_state(jax.random.key(0)))
-    results["v_restored_step"] = step
-    results["v_restored_kernel_sum"] = float(
-        np.asarray(restored.params["encoder"]["conv0"]["kernel"]).sum()
-    )
+    kernel = state.params["lstm"]["kernel"]
+    results["m_loss"] = last["loss"]
+    results["m_kernel_sum"] = float(distributed.to_host(kernel).sum())
+    results["m_steps"] = checkpoint.all_steps(m_dir)
+    restored, step = checkpoint.restore_latest(m_dir, target=init_state(jax.random.key(0)))
+    results["m_restored_step"] = step
+    results["m_restored_kernel_sum"] = float(np.asarray(restored.params["lstm"]["kernel"]).sum())
 
     # C: one jitted call of 2 CMA-ES generations in a random Doom-like dream, the population of 8
     # split over the 4 devices.

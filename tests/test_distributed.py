@@ -63,13 +63,13 @@ def test_two_processes_give_the_one_process_numbers(tmp_path):
     both = [_result(out) for out, _ in outs]
     assert single["processes"] == 1 and [r["processes"] for r in both] == [2, 2]
     for r in both:
-        # V: the loss agrees to float32 summation order (the gradient all-reduce crosses
+        # M: the loss agrees to float32 summation order (the gradient all-reduce crosses
         # the processes); the weights after 3 Adam steps to the steps' size.
-        assert r["v_loss"] == pytest.approx(single["v_loss"], rel=1e-5)
-        assert r["v_kernel_sum"] == pytest.approx(single["v_kernel_sum"], abs=1e-3)
+        assert r["m_loss"] == pytest.approx(single["m_loss"], rel=1e-5)
+        assert r["m_kernel_sum"] == pytest.approx(single["m_kernel_sum"], abs=1e-2)
         # Checkpoints written once by process 0, restored by each process from the shared folder.
-        assert r["v_steps"] == single["v_steps"] == [2, 3] and r["v_restored_step"] == 3
-        assert r["v_restored_kernel_sum"] == pytest.approx(r["v_kernel_sum"], abs=1e-6)
+        assert r["m_steps"] == single["m_steps"] == [2, 3] and r["m_restored_step"] == 3
+        assert r["m_restored_kernel_sum"] == pytest.approx(r["m_kernel_sum"], abs=1e-6)
         # C: CMA-ES runs replicated and the population is split over the 4 devices of two
         # processes; the mean after 4 generations is the one-process mean.
         assert r["c_sharded"] and single["c_sharded"]
@@ -80,8 +80,53 @@ def test_two_processes_give_the_one_process_numbers(tmp_path):
     assert [r["collected"] for r in both] == [3, 3] and single["collected"] == 6
     # Logs are written once, not once per process.
     for name in ("one", "two"):
-        assert len((tmp_path / name / "v_metrics.jsonl").read_text().splitlines()) == 3
+        assert len((tmp_path / name / "m_metrics.jsonl").read_text().splitlines()) == 3
         assert len((tmp_path / name / "c_log.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_experiment_command_as_one(minatar_smoke_run, tmp_path):
+    # `python -m wm_jax.experiment ... --coordinator --num-processes --process-id`, one device
+    # each: V's and M's batches and C's population split over both processes, the episodes
+    # collected and encoded in two shares, the run folder written by process 0 alone.
+    run_dir = tmp_path / "run"
+    coordinator = f"127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-m", "wm_jax.experiment", "minatar_breakout", "--scale"]
+    command += ["smoke", "--run-dir", str(run_dir), "--no-progress", "--coordinator"]
+    procs = [
+        subprocess.Popen(
+            [*command, coordinator, "--num-processes", "2", "--process-id", str(i)],
+            env=_env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "(2 processes)" in outs[0][0] and "[train_vae] done" in outs[1][0]
+    one = json.loads((minatar_smoke_run / "results.json").read_text())
+    two = json.loads((run_dir / "results.json").read_text())
+    assert two["device"]["processes"] == 2 and two["device"]["count"] == 2
+    assert one["device"]["processes"] == 1
+    # The one-process numbers, to float32 summation order.
+    for stage in ("vae_final_loss", "mdn_rnn_final_loss"):
+        for name, value in one[stage].items():
+            assert two[stage][name] == pytest.approx(value, rel=1e-4, abs=1e-5), (stage, name)
+    assert two["controller"]["best_fitness"] == pytest.approx(
+        one["controller"]["best_fitness"], rel=1e-4, abs=1e-5
+    )
+    assert two["evaluation"]["returns"] == one["evaluation"]["returns"]
+    assert two["stages"]["collect"]["episodes"] == one["stages"]["collect"]["episodes"]
+    # Written once: one line per step in V's metrics, one run.log.
+    for name in ("train_vae", "train_mdn_rnn", "train_controller"):
+        lines = (run_dir / "metrics" / f"{name}.jsonl").read_text().splitlines()
+        assert len(lines) == len(
+            (minatar_smoke_run / "metrics" / f"{name}.jsonl").read_text().splitlines()
+        )
+    assert (run_dir / "report" / "report.md").is_file()
 
 
 def test_one_process_is_the_default_and_changes_nothing(monkeypatch):

@@ -34,14 +34,16 @@ class DeviceSplitError(ValueError):
     """A device count or a batch that does not split; the one-line message names the setting."""
 
 
-def data_mesh(devices: int = 0, batch_size: int | None = None) -> Mesh | None:
+def data_mesh(devices: int = 0, batch_size: int | None = None, local: bool = False) -> Mesh | None:
     """The devices a batch of `batch_size` is split over, as a 1-D "data" mesh; None for one
     device (then nothing changes). Every process's devices when there are several processes.
 
     devices: 0 (the default) takes as many local devices as split the batch evenly (a TPU
     v2-8's 8 cores for a batch of 128, 5 of them for V's batch of 100); N takes exactly N.
     """
-    available = jax.devices()  # this process's own, unless several processes were connected
+    # Every process's devices when several are connected; `local`: this process's own (work
+    # each process does apart, on its own share, such as encoding).
+    available = jax.local_devices() if local else jax.devices()
     if devices == 0:
         count = even_split(len(available), *([] if batch_size is None else [batch_size]))
     else:

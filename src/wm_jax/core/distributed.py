@@ -31,6 +31,9 @@ import numpy as np
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
+FLAGS = ("--coordinator", "--num-processes", "--process-id")
+
+_connected: tuple[str, int, int] | None = None  # what `initialize` connected to
 
 
 class DistributedError(ValueError):
@@ -84,11 +87,51 @@ def initialize(
             f"process_id={process_id}: must lie in [0, {num_processes}) for "
             f"num_processes={num_processes}"
         )
+    global _connected
+    if _connected == (coordinator, num_processes, process_id):
+        return num_processes > 1  # the entry point connected already (`initialize_from_argv`)
+    if _connected is not None:
+        raise DistributedError(f"already connected as {_connected}, not as {coordinator!r}")
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise DistributedError(
+            "several processes must connect before JAX starts: give --coordinator, "
+            "--num-processes and --process-id to the command (python -m wm_jax.experiment), "
+            "or set the JAX_* variables"
+        )
     # A CPU's cross-process collectives: gloo over TCP (JAX's default CPU backend has none).
     # GPUs and TPUs ignore this setting and use their own.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    _connected = (coordinator, num_processes, process_id)
     return num_processes > 1
+
+
+def add_arguments(parser: Any) -> None:
+    """The three flags of `initialize` (`--help` of the commands that take them)."""
+    group = parser.add_argument_group(
+        "several processes (hosts)",
+        f"one process per host, the same command on each; default from {ENV_COORDINATOR}, "
+        f"{ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}",
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    group.add_argument("--num-processes", type=int, metavar="N", help="how many processes")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+
+
+def initialize_from_argv(argv: Sequence[str]) -> bool:
+    """`initialize` from a command line's flags (the rest of argv is left to the command),
+    for an entry point to call before it imports anything that starts JAX."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    try:
+        args, _ = parser.parse_known_args(list(argv))
+    except SystemExit:
+        return False  # a malformed flag: the command's own parser says so
+    return initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def process_index() -> int:
@@ -119,6 +162,18 @@ def put(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
         return jax.device_put(value, sharding)
     host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def put_tree(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """`put` on every leaf of `tree`; typed PRNG keys go through their key data."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = put(to_host(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return put(to_host(x), sharding)
+
+    return jax.tree.map(one, tree)
 
 
 def to_host(x: Any) -> Any:

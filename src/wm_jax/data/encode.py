@@ -41,6 +41,7 @@ def encode_store(
     progress: bool = True,
     mirror_signs: tuple[float, ...] | None = None,
     mesh: Any = None,
+    share: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
     """Writes `EncodedEpisode(mu, logvar, actions, rewards, dones)` for every stored episode.
 
@@ -52,6 +53,7 @@ def encode_store(
     go through a jitted `vae.encode` in chunks of at most `batch_size`. Corrupt source episodes
     are skipped with a warning (or raise if `store.strict`). With a `mesh`
     (`wm_jax.core.devices.data_mesh`) each chunk is split over its devices, V replicated.
+    `share=(i, N)`: only every N-th episode still to encode, from the i-th (one process of N).
 
     Returns:
         counts: encoded (this call), already_done, skipped_corrupt, frames, seconds.
@@ -94,6 +96,7 @@ def encode_store(
 
     signs = None if mirror_signs is None else np.asarray(mirror_signs, np.float32)
     todo = [index for index in store.indices() if missing(index)]
+    todo = todo[share[0] :: share[1]]  # this process's share (wm_jax.core.distributed)
     summary = {"encoded": 0, "already_done": len(store) - len(todo), "skipped_corrupt": 0}
     summary["frames"] = 0
     start = last_flush = time.perf_counter()

@@ -27,6 +27,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wm_jax import dream
+from wm_jax.core import distributed
 from wm_jax.core.devices import even_split
 from wm_jax.dream import rollout as dream_rollout
 from wm_jax.es import evolve_loop
@@ -348,14 +349,29 @@ def train_in_dream(
             f"{config.generations_per_call}"
         )
 
+    mesh = _population_mesh(config)
+    if mesh is not None:
+        # The inputs replicated over the mesh's devices (global arrays with several processes):
+        # a state built or restored on the host sits on one device, which a sharded program
+        # refuses (found on 4 host devices: the default shards the population).
+        replicated = NamedSharding(mesh, PartitionSpec())
+        env_params = distributed.put_tree(env_params, replicated)
+
+        def place(state):
+            return distributed.put_tree(state, replicated)
+    else:
+
+        def place(state):
+            return state
+
     def advance(state):
-        state, metrics = evolver.run(state, env_params)
+        state, metrics = evolver.run(place(state), env_params)
         return state, es_generation.host_rows(metrics)
 
     return evolve_loop.run_loop(
         state,
         advance,
-        lambda s: evolver.evaluate_mean(s, env_params),
+        lambda s: evolver.evaluate_mean(place(s), env_params),
         config,
         num_generations,
         checkpoint_dir,

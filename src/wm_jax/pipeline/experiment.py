@@ -9,6 +9,7 @@ reruns the stages it names from scratch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -19,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from wm_jax.core import runtime
+from wm_jax.core import distributed, runtime
 from wm_jax.core.checkpoint import CheckpointError, atomic_write_json
 from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import run_folder
@@ -99,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="print every setting of this experiment and scale (after --set) and exit",
     )
     add_common_arguments(parser)
+    distributed.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -139,8 +141,10 @@ def prepare_run_dir(run_dir: Path, config: cfg.ExperimentConfig) -> None:
                 f"{path} was written with other settings ({'; '.join(changes)}); resume with "
                 "the same settings or choose a new --run-dir"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, config.to_dict())
+    if distributed.is_writer():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, config.to_dict())
+    distributed.barrier("run folder prepared")
 
 
 def environment_info() -> dict[str, Any]:
@@ -159,6 +163,7 @@ def environment_info() -> dict[str, Any]:
             "platform": device.platform,
             "kind": device.device_kind,
             "count": jax.device_count(),
+            "processes": jax.process_count(),
         },
         "python": sys.version.split()[0],
         "machine": platform.platform(),
@@ -197,13 +202,29 @@ def run(
     """
     config = build_config(experiment, scale, seed, overrides or [])
     run_dir = Path(run_dir or Path("runs") / f"{experiment}-{scale}")
-    with run_folder.held(run_dir):
+    several = distributed.process_count() > 1
+    if several and config.controller.train_in == "real":
+        raise cfg.ConfigError(
+            "controller.train_in=real plays the real game on one host: run it without "
+            "--num-processes"
+        )
+    # Process 0 locks the folder and logs into it; the others follow it (wm_jax.core.distributed).
+    with run_folder.held(run_dir) if distributed.is_writer() else contextlib.nullcontext():
         wall_time = expected_wall_time(experiment, scale, config.iterate.iterations)
-        print(f"{experiment} at scale {scale} in {run_dir}: {wall_time}", flush=True)
+        where = f" ({distributed.process_count()} processes)" if several else ""
+        print(f"{experiment} at scale {scale} in {run_dir}{where}: {wall_time}", flush=True)
         prepare_run_dir(run_dir, config)
         results = run_config(config, run_dir, stages, progress)
         from wm_jax.pipeline import rounds
 
+        if several and (config.iterate.iterations or config.evaluate.publication_episodes):
+            # The rounds collect with C and evaluate in the real game, on one host for now.
+            print(
+                "the §5 rounds and the publication run on one process: rerun the same command "
+                "without --num-processes to continue (the finished stages are kept)",
+                flush=True,
+            )
+            return results
         if config.iterate.iterations:
             results = rounds.run_iterations(config, run_dir, progress)
         if config.evaluate.publication_episodes:
@@ -213,6 +234,8 @@ def run(
 
 # What each stage reads (besides the config): its record is stale when one of these changed.
 UPSTREAM = {stage: cfg.STAGES[:i] for i, stage in enumerate(cfg.STAGES)}
+# Stages with no collective work: with several processes, process 0 runs them alone.
+WRITER_STAGES = ("evaluate", "report")
 
 
 def run_config(
@@ -240,8 +263,11 @@ def run_config(
         "report": report.make_report,
     }
     first = min((cfg.STAGES.index(stage) for stage in stages or []), default=len(cfg.STAGES))
-    run_folder.invalidate(run_dir, cfg.STAGES[first:])
+    writer = distributed.is_writer()  # several processes: process 0 writes the run folder
+    if writer:
+        run_folder.invalidate(run_dir, cfg.STAGES[first:])
     for stage in cfg.STAGES:
+        distributed.barrier(f"before {stage}")  # every process reads the same records
         upstream = UPSTREAM[stage]
         inputs = run_folder.current_inputs(run_dir, upstream)
         if run_folder.is_current(run_dir, stage, upstream):
@@ -251,14 +277,20 @@ def run_config(
             )
             continue
         started = run_folder.started_inputs(run_dir, stage)
-        if run_folder.read_record(run_dir, stage) is not None or (
+        stale = run_folder.read_record(run_dir, stage) is not None or (
             started is not None and started != inputs
-        ):
+        )
+        distributed.barrier(f"decided {stage}")  # read before process 0 changes them
+        if stale:
             # Built (or begun) from other versions of the stages before it: start afresh.
             print(f"[{stage}] stale (an earlier stage was rerun): starting it afresh", flush=True)
-            run_folder.invalidate(run_dir, [stage])
-        run_folder.mark_started(run_dir, stage, inputs)
+            if writer:
+                run_folder.invalidate(run_dir, [stage])
+        if writer:
+            run_folder.mark_started(run_dir, stage, inputs)
         print(f"[{stage}] running", flush=True)
+        if not writer and stage in WRITER_STAGES:
+            continue  # host-only work (the real game, the report): process 0 does it
         # Time spent by earlier, interrupted attempts at this stage (a Ctrl-C, SIGTERM or an
         # error records it; a SIGKILL cannot), so a resumed stage reports its whole wall time.
         partial = run_folder.record_path(run_dir, stage, "partial")
@@ -268,21 +300,26 @@ def run_config(
         try:
             summary = functions[stage](config, paths, progress=progress)
         except BaseException as err:
-            atomic_write_json(partial, {"seconds": earlier + time.perf_counter() - start})
+            if writer:
+                atomic_write_json(partial, {"seconds": earlier + time.perf_counter() - start})
             if isinstance(err, CheckpointError):
                 raise CheckpointError(
                     f"[{stage}] {err}; {run_folder.rebuild_hint(str(err))}"
                 ) from err
             raise
         seconds = earlier + time.perf_counter() - start
+        print(f"[{stage}] done in {seconds:.1f} s", flush=True)
+        if not writer:
+            continue
         run_folder.write_record(
             run_dir, stage, summary, seconds, inputs, peak_memory_mb=runtime.peak_memory_mb()
         )
         partial.unlink(missing_ok=True)
         run_folder.record_path(run_dir, stage, "started").unlink(missing_ok=True)
-        print(f"[{stage}] done in {seconds:.1f} s", flush=True)
         write_results(config, run_dir)
-    return write_results(config, run_dir)
+    results = write_results(config, run_dir) if writer else None
+    distributed.barrier("stages done")
+    return results if writer else json.loads((run_dir / "results.json").read_text())
 
 
 def write_results(config: cfg.ExperimentConfig, run_dir: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wm_jax.core import checkpoint, devices
+from wm_jax.core import checkpoint, devices, distributed
 from wm_jax.data import EpisodeStore, encode_store, frame_batches, sequence_batches
 from wm_jax.data.done_records import require_done_records
 from wm_jax.data.store import NoEpisodesError
@@ -65,8 +65,13 @@ def collect(config: ExperimentConfig, paths: RunPaths, progress: bool = True) ->
         min_frames=config.collect.min_frames,
         progress=progress,
         policy=collection_policy(config, random_policy(config.game)),
+        # Several processes: each plays its own share of the episode ids into the one store.
+        shard=(distributed.process_index(), distributed.process_count()),
     )
-    store = EpisodeStore(paths.episodes)
+    distributed.barrier("collected")
+    store = EpisodeStore(paths.episodes)  # every process's episodes (the files are the truth)
+    if distributed.is_writer():
+        store.flush()
     if len(store) == 0:
         raise RuntimeError(f"collection stored no episodes in {paths.episodes}: {summary}")
     return {"episodes": len(store), "frames": store.total_frames, "bytes": store.total_bytes}
@@ -135,8 +140,13 @@ def encode(config: ExperimentConfig, paths: RunPaths, progress: bool = True) -> 
         batch_size=config.data.encode_batch_size,
         progress=progress,
         mirror_signs=game_spec(config.game).mirror_signs if config.data.mirror else None,
-        mesh=devices.data_mesh(config.data.devices, config.data.encode_batch_size),
+        # Several processes: each encodes its own share of the episodes on its own devices.
+        mesh=devices.data_mesh(config.data.devices, config.data.encode_batch_size, local=True),
+        share=(distributed.process_index(), distributed.process_count()),
     )
+    distributed.barrier("encoded")
+    if distributed.is_writer():
+        EpisodeStore(paths.encoded).flush()  # the manifest of every process's episodes
     return {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
 
 
