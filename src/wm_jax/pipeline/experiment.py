@@ -12,17 +12,16 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import platform
 import sys
 import textwrap
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from wm_jax.core import distributed, runtime
 from wm_jax.core.checkpoint import CheckpointError, atomic_write_json
 from wm_jax.pipeline import config as cfg
+from wm_jax.pipeline import results as results_file
 from wm_jax.pipeline import run_folder
 from wm_jax.pipeline.cli import add_common_arguments, run_command
 from wm_jax.pipeline.presets import expected_wall_time, preset
@@ -32,19 +31,6 @@ _RESUMABLE_CHANGES = {("collect", "workers"), ("evaluate", "workers")}
 # The §5 rounds run after the run's own stages: more of them, or other settings for rounds not
 # run yet, continue a finished run (a round already run refuses other settings itself).
 _RESUMABLE_SECTIONS = {"iterate"}
-PACKAGES = (
-    "wm_jax",
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "evosax",
-    "gymnax",
-    "orbax-checkpoint",
-    "gymnasium",
-    "vizdoom",
-    "numpy",
-)
 
 
 def _settings_help() -> str:
@@ -147,31 +133,6 @@ def prepare_run_dir(run_dir: Path, config: cfg.ExperimentConfig) -> None:
     distributed.barrier("run folder prepared")
 
 
-def environment_info() -> dict[str, Any]:
-    import jax
-
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    device = jax.devices()[0]
-    return {
-        "versions": versions,
-        "device": {
-            "platform": device.platform,
-            "kind": device.device_kind,
-            "count": jax.device_count(),
-            "processes": jax.process_count(),
-        },
-        "python": sys.version.split()[0],
-        "machine": platform.platform(),
-        "cpus": __import__("os").cpu_count(),
-        "malloc": runtime.malloc_mode(),
-    }
-
-
 def build_config(
     experiment: str, scale: str, seed: int, overrides: list[str]
 ) -> cfg.ExperimentConfig:
@@ -232,8 +193,7 @@ def run(
         return results
 
 
-# What each stage reads (besides the config): its record is stale when one of these changed.
-UPSTREAM = {stage: cfg.STAGES[:i] for i, stage in enumerate(cfg.STAGES)}
+UPSTREAM = results_file.UPSTREAM  # what each stage reads: stale when one of these changed
 # Stages with no collective work: with several processes, process 0 runs them alone.
 WRITER_STAGES = ("evaluate", "report")
 
@@ -316,47 +276,10 @@ def run_config(
         )
         partial.unlink(missing_ok=True)
         run_folder.record_path(run_dir, stage, "started").unlink(missing_ok=True)
-        write_results(config, run_dir)
-    results = write_results(config, run_dir) if writer else None
+        results_file.write_results(config, run_dir)
+    results = results_file.write_results(config, run_dir) if writer else None
     distributed.barrier("stages done")
     return results if writer else json.loads((run_dir / "results.json").read_text())
-
-
-def write_results(config: cfg.ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Gather the stage records into `DIR/results.json`."""
-    records = {}
-    for stage in cfg.STAGES:
-        if run_folder.is_current(run_dir, stage, UPSTREAM[stage]):
-            records[stage] = run_folder.read_record(run_dir, stage)
-    summary = {stage: record["summary"] for stage, record in records.items()}
-    results = {
-        "experiment": config.experiment,
-        "scale": config.scale,
-        "seed": config.seed,
-        **environment_info(),
-        "wall_time_s": {stage: record["seconds"] for stage, record in records.items()},
-        # Peak resident memory per stage (this process during the stage; the largest worker
-        # process so far), as `runtime.peak_memory_mb` measures it; None in older records.
-        "peak_memory_mb": {
-            stage: record.get("peak_memory_mb") for stage, record in records.items()
-        },
-        "peak_memory_mb_overall": max(
-            (
-                value
-                for record in records.values()
-                for value in (record.get("peak_memory_mb") or {}).values()
-                if value is not None
-            ),
-            default=None,
-        ),
-        "vae_final_loss": summary.get("train_vae", {}).get("final_loss"),
-        "mdn_rnn_final_loss": summary.get("train_mdn_rnn", {}).get("final_loss"),
-        "controller": summary.get("train_controller"),
-        "evaluation": summary.get("evaluate"),
-        "stages": summary,
-    }
-    atomic_write_json(run_dir / "results.json", results)
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
