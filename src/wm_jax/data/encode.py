@@ -56,7 +56,8 @@ def encode_store(
     `share=(i, N)`: only every N-th episode still to encode, from the i-th (one process of N).
 
     Returns:
-        counts: encoded (this call), already_done, skipped_corrupt, frames, seconds.
+        counts: encoded (this call, this share), already_done (before it), skipped_corrupt,
+        frames, seconds.
     """
     import jax
     from tqdm.auto import tqdm
@@ -96,8 +97,8 @@ def encode_store(
 
     signs = None if mirror_signs is None else np.asarray(mirror_signs, np.float32)
     todo = [index for index in store.indices() if missing(index)]
-    todo = todo[share[0] :: share[1]]  # this process's share (wm_jax.core.distributed)
     summary = {"encoded": 0, "already_done": len(store) - len(todo), "skipped_corrupt": 0}
+    todo = todo[share[0] :: share[1]]  # this process's share (wm_jax.core.distributed)
     summary["frames"] = 0
     start = last_flush = time.perf_counter()
     for index in tqdm(todo, unit="ep", disable=not progress, desc="encode"):
