@@ -146,10 +146,10 @@ def test_expected_wall_time_counts_the_iterations_asked_for():
     from wm_jax.pipeline.presets import expected_wall_time
 
     assert expected_wall_time("doom_take_cover", "small") == (
-        "expected wall time on a 2-core CPU: about 73 min"
+        "expected wall time on a 2-core CPU: about 78 min"
     )
     two = expected_wall_time("doom_take_cover", "small", iterations=2)
-    assert "about 119 min" in two and "× 2" in two
+    assert "about 158 min" in two and "× 2" in two
     assert "not measured" in expected_wall_time("minatar_breakout", "small")
 
 
