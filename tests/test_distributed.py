@@ -76,13 +76,19 @@ def test_two_processes_run_the_experiment_command_as_one(minatar_smoke_run, tmp_
     assert (run_dir / "report" / "report.md").is_file()
 
 
-def test_one_process_is_the_default_and_changes_nothing(monkeypatch):
+@pytest.fixture
+def no_jax_env(monkeypatch):
+    """None of the three JAX_* variables set (whatever the shell running the tests has)."""
     for name in (
         distributed.ENV_COORDINATOR,
         distributed.ENV_NUM_PROCESSES,
         distributed.ENV_PROCESS_ID,
     ):
         monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_one_process_is_the_default_and_changes_nothing(no_jax_env):
     assert distributed.initialize() is False
     assert distributed.initialize(num_processes=1) is False
     assert distributed.is_writer() and distributed.process_count() == 1
@@ -102,14 +108,8 @@ def test_one_process_is_the_default_and_changes_nothing(monkeypatch):
         ({}, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"}, "process_id=None"),
     ],
 )
-def test_bad_settings_are_one_line(monkeypatch, kwargs, env, message):
-    for name in (
-        distributed.ENV_COORDINATOR,
-        distributed.ENV_NUM_PROCESSES,
-        distributed.ENV_PROCESS_ID,
-    ):
-        monkeypatch.delenv(name, raising=False)
+def test_bad_settings_are_one_line(no_jax_env, kwargs, env, message):
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        no_jax_env.setenv(name, value)
     with pytest.raises(distributed.DistributedError, match=message):
         distributed.initialize(**kwargs)

@@ -165,11 +165,11 @@ def save(
 def _checkpointer() -> ocp.StandardCheckpointer:
     """orbax's checkpointer for this process alone: with several processes orbax would
     otherwise wait for all of them at every save and restore (`save` writes on process 0)."""
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
     only_me = ocp.options.MultiprocessingOptions(
         primary_host=jax.process_index(), active_processes={jax.process_index()}
     )
-    if jax.process_count() == 1:
-        return ocp.StandardCheckpointer()
     return ocp.StandardCheckpointer(multiprocessing_options=only_me)
 
 

@@ -99,7 +99,7 @@ def replicate(tree: Any, mesh: Mesh | None) -> Any:
     """Every leaf of `tree` copied to all the mesh's devices (as is without one)."""
     if mesh is None:
         return tree
-    return jax.tree.map(lambda x: distributed.put(x, NamedSharding(mesh, PartitionSpec())), tree)
+    return distributed.put_tree(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def place_state(state: Any, mesh: Mesh | None, what: str = "batch") -> Any:

@@ -31,7 +31,6 @@ import numpy as np
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
-FLAGS = ("--coordinator", "--num-processes", "--process-id")
 
 _connected: tuple[str, int, int] | None = None  # what `initialize` connected to
 
@@ -165,7 +164,10 @@ def put(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
 
 
 def put_tree(tree: Any, sharding: jax.sharding.Sharding) -> Any:
-    """`put` on every leaf of `tree`; typed PRNG keys go through their key data."""
+    """`put` on every leaf of `tree` (typed PRNG keys through their key data); one process:
+    `jax.device_put` of the whole tree, as it is."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
 
     def one(x):
         if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -192,6 +194,9 @@ def to_host(x: Any) -> Any:
 
 
 def tree_to_host(tree: Any) -> Any:
+    """`to_host` on every leaf; one process: `jax.device_get` (all transfers started at once)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
     return jax.tree.map(to_host, tree)
 
 

@@ -350,19 +350,15 @@ def train_in_dream(
         )
 
     mesh = _population_mesh(config)
-    if mesh is not None:
-        # The inputs replicated over the mesh's devices (global arrays with several processes):
-        # a state built or restored on the host sits on one device, which a sharded program
-        # refuses (found on 4 host devices: the default shards the population).
-        replicated = NamedSharding(mesh, PartitionSpec())
-        env_params = distributed.put_tree(env_params, replicated)
+    # The inputs replicated over the mesh's devices (global arrays with several processes): a
+    # state built or restored on the host sits on one device, which a sharded program refuses
+    # (found on 4 host devices: the default shards the population).
+    replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
-        def place(state):
-            return distributed.put_tree(state, replicated)
-    else:
+    def place(tree):
+        return tree if replicated is None else distributed.put_tree(tree, replicated)
 
-        def place(state):
-            return state
+    env_params = place(env_params)
 
     def advance(state):
         state, metrics = evolver.run(place(state), env_params)
