@@ -121,8 +121,10 @@ def add_arguments(parser: Any) -> None:
 
 def initialize_from_argv(argv: Sequence[str]) -> bool:
     """`initialize` from a command line's flags (the rest of argv is left to the command),
-    for an entry point to call before it imports anything that starts JAX."""
+    for an entry point to call before it imports anything that starts JAX; a bad setting
+    exits with status 2 and its one line, as the command's own parser would."""
     import argparse
+    import sys
 
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser)
@@ -130,7 +132,11 @@ def initialize_from_argv(argv: Sequence[str]) -> bool:
         args, _ = parser.parse_known_args(list(argv))
     except SystemExit:
         return False  # a malformed flag: the command's own parser says so
-    return initialize(args.coordinator, args.num_processes, args.process_id)
+    try:
+        return initialize(args.coordinator, args.num_processes, args.process_id)
+    except DistributedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def process_index() -> int:
