@@ -766,6 +766,7 @@ def run(
                 record["errors"][section] = f"{type(error).__name__}: {error}"
                 print(f"  {section} FAILED: {record['errors'][section]}", file=sys.stderr)
             record.setdefault("section_seconds", {})[section] = time.perf_counter() - start
+    record["main_job"] = report.main_job()
     record["goals"] = report.goals(record)
     report.write_outputs(record, out_dir or RESULTS_DIR)
     return record
