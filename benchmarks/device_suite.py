@@ -7,8 +7,10 @@ Measures, in this order, each guarded so that one failure (an out-of-memory at a
 rollouts, say) loses only itself: the card's matmul peak (float32 at JAX's default precision,
 which is TF32 on an NVIDIA GPU, at "highest" and in bfloat16); dream steps/s of the CarRacing-
 and the Doom-sized M at batches 1 ... 1,048,576; one CMA-ES generation in the Doom dream at
-64 × 16 × 2,100 steps; V and M training. Timing, weights and sizes are `benchmarks.run`'s
-(medians after a warm-up, compile time apart); torch and the NumPy reference are left out.
+64 × 16 × 2,100 steps; V and M training, and again with each implementation that
+`wm_jax.core.kernels` chooses per backend (V's stride-2 layers, M's LSTM backward). Timing,
+weights and sizes are `benchmarks.run`'s (medians after a warm-up, compile time apart); torch
+and the NumPy reference are left out.
 
 Writes `<machine>-<date>-device.json` and `.md` (`-tiny` with --tiny) into benchmarks/results/
 (or --out-dir) after every measurement, so a call cut short keeps what it measured. A
@@ -33,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks import peak, report
 from benchmarks import run as bench
-from wm_jax.core import checkpoint, runtime
+from wm_jax.core import checkpoint, kernels, runtime
 
 RESULTS_DIR = bench.RESULTS_DIR
 
@@ -238,6 +240,26 @@ def run(
                 record[name][str(batch)] = result
             save()
 
+    # Both implementations of each backend-chosen kernel (wm_jax.core.kernels), at the sizes
+    # above: what decides that module's "auto" row for this backend.
+    record["kernels"] = {"auto": dataclasses.asdict(kernels.active())}
+    choices = (
+        ("vae_layers", ("fast", "flax"), bench.bench_vae),
+        ("lstm", ("fused", "scan"), bench.bench_mdn),
+    )
+    for field, options, measure in choices:
+        for option in options:
+            with kernels.using(kernels.KernelsConfig(**{field: option})):
+                result = _guarded(
+                    record,
+                    f"kernels {field}={option}",
+                    lambda f=measure: f(settings, None),
+                    deadline,
+                )
+            if result is not None:
+                record["kernels"][f"{field}={option}"] = result
+            save()
+
     record["complete"] = True
     save()
     return record
@@ -329,6 +351,24 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         ]
         header = ["game", "batch", "seq len", "timesteps/s", "s/step", "compile s"]
         lines += report._table(header, rows) + [""]
+    chosen = record.get("kernels") or {}
+    if len(chosen) > 1:
+        lines += [
+            "## Kernel choices (wm_jax.core.kernels)",
+            "",
+            f'"auto" on this backend: {chosen["auto"]}.',
+            "",
+        ]
+        rows = []
+        for choice, r in chosen.items():
+            if choice.startswith("vae_layers="):
+                rows.append([choice, "V", f"{fmt(r['wm_jax']['images_per_s'])} images/s"])
+            elif choice.startswith("lstm="):
+                rows += [
+                    [choice, f"M {game}", f"{fmt(g['wm_jax']['timesteps_per_s'])} timesteps/s"]
+                    for game, g in r.items()
+                ]
+        lines += report._table(["choice", "training", "rate"], rows) + [""]
     if record["errors"] or record["skipped"]:
         lines += ["## Failed or skipped", ""]
         lines += [f"- {label}: {error}" for label, error in record["errors"].items()]

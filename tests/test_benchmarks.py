@@ -369,3 +369,21 @@ def test_tiny_training_and_cma_run(tmp_path):
 def test_cli_rejects_unknown_section():
     with pytest.raises(SystemExit):
         run.main(["--tiny", "--only", "dream,nonsense"])
+
+
+def test_device_overhead_measures_and_compares_alternating_processes(monkeypatch):
+    from benchmarks import device_overhead
+
+    rates = device_overhead.measure(tiny=True)  # this process's devices, the library's paths
+    names = {"V train images/s", "M train timesteps/s", "CMA-ES dream steps/s"}
+    assert set(rates) == names | {"devices"} and all(rates[n] > 0 for n in names)
+    order = []
+
+    def fake_worker(count, tiny):  # a process per count; 4 devices at 95 % of one's rate
+        order.append(count)
+        return {n: rates[n] * (0.95 if count > 1 else 1.0) for n in names} | {"devices": count}
+
+    monkeypatch.setattr(device_overhead, "_worker", fake_worker)
+    record = device_overhead.run(devices=4, rounds=2, tiny=True)
+    assert order == [1, 4, 1, 4]
+    assert record["ratio"] == pytest.approx(dict.fromkeys(names, 0.95)) and record["pass"]

@@ -38,9 +38,16 @@ def test_tiny_suite_writes_every_measurement(tmp_path):
     assert saved["vae"]["2"]["wm_jax"]["images_per_s"] > 0
     for game in ("car_racing", "doom"):
         assert saved["mdn"]["2"][game]["wm_jax"]["timesteps_per_s"] > 0
+    chosen = saved["kernels"]  # both implementations of each backend-chosen kernel
+    assert chosen["auto"] == {"vae_layers": "fast", "lstm": "fused", "es_blas_threads": 1}
+    for option in ("vae_layers=fast", "vae_layers=flax"):
+        assert chosen[option]["wm_jax"]["images_per_s"] > 0
+    for option in ("lstm=fused", "lstm=scan"):
+        assert chosen[option]["doom"]["wm_jax"]["timesteps_per_s"] > 0
     markdown = Path(saved["files"]["md"]).read_text()
     assert markdown.startswith("# wm_jax device suite: tiny")
-    for title in ("Matmul peak", "Dream steps/s, doom", "CMA-ES generation", "V training", "M "):
+    titles = ("Matmul peak", "Dream steps/s, doom", "CMA-ES generation", "V training", "M ")
+    for title in titles + ("Kernel choices",):
         assert title in markdown
 
 

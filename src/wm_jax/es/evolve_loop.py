@@ -23,7 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from wm_jax.core import checkpoint, distributed
+from wm_jax.core import checkpoint, distributed, kernels
 from wm_jax.models import controller
 from wm_jax.train import training_loop
 
@@ -112,8 +112,10 @@ def run_loop(
     stale = stale_evaluations(logger.rows)
     # CMA-ES decomposes the D x D covariance every generation (D = 1,088 for Doom). On the CPU
     # that eigh runs in OpenBLAS, whose threads fight XLA's: measured on 2 cores, 9.0 s per
-    # decomposition with OpenBLAS's default 2 threads against 0.13 s with 1.
-    blas_limit = threadpool_limits(1, user_api="blas")
+    # decomposition with OpenBLAS's default 2 threads against 0.13 s with 1. On an accelerator
+    # it runs on the device (wm_jax.core.kernels: es_blas_threads).
+    threads = kernels.active().es_blas_threads
+    blas_limit = threadpool_limits(threads or None, user_api="blas")
     try:
         while state.generation < num_generations and not (patience and stale >= patience):
             start = time.perf_counter()

@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from wm_jax.models.lstm import LSTMState, lstm_layer
+from wm_jax.core import kernels
+from wm_jax.models.lstm import LSTMState, lstm_layer, lstm_scan
 from wm_jax.models.lstm import reset as _reset
 from wm_jax.models.lstm import update as _lstm_update
 
@@ -285,7 +286,9 @@ def forward_sequence_with_state(
         zeros = jnp.zeros((x.shape[0], config.hidden_size), jnp.float32)
         initial_state = LSTMState(c=zeros, h=zeros)
     # Time-major for the scan; x is the narrowest tensor to transpose, not the gates (4H).
-    hidden, final = lstm_layer(
+    # The backend's LSTM (wm_jax.core.kernels): the fused backward pass or autodiff of the scan.
+    layer = lstm_layer if kernels.active().lstm == "fused" else lstm_scan
+    hidden, final = layer(
         jnp.swapaxes(x, 0, 1),  # (T, B, input)
         jnp.swapaxes(jnp.asarray(restarts, bool), 0, 1),  # (T, B)
         params["lstm"]["kernel"],

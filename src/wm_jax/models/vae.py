@@ -12,11 +12,12 @@ The parameters are a flax.linen pytree ``{"encoder": ..., "decoder": ...}`` laid
 ``nn.Conv`` / ``nn.ConvTranspose`` / ``nn.Dense`` would lay them out (4,348,547 parameters for
 Z = 32, 4,446,915 for Z = 64). XLA:CPU is slow at transposed convolutions, at the input
 gradients of strided ones (both lower to lhs-dilated convolutions) and slower still at their kernel
-gradients, so by default (``impl="fast"``) the stride-2 layers are `conv_stride2` and
-`conv_transpose_stride2`: stride-1 convolutions (space-to-depth for the encoder, four output
-phases for the decoder) with custom VJPs whose kernel gradients are matmuls. That trains about
-3.5x faster on CPU (``benchmarks/vae_decoder_profile.py``). ``impl="flax"`` uses ``nn.Conv`` /
-``nn.ConvTranspose`` themselves; both compute the same function on the same parameters (use it
+gradients, so on a CPU (``impl="auto"``, `wm_jax.core.kernels`) the stride-2 layers are
+`conv_stride2` and `conv_transpose_stride2`: stride-1 convolutions (space-to-depth for the
+encoder, four output phases for the decoder) with custom VJPs whose kernel gradients are
+matmuls. That trains about 3.5x faster on CPU (``benchmarks/vae_decoder_profile.py``).
+``impl="flax"`` uses ``nn.Conv`` / ``nn.ConvTranspose`` themselves (the "auto" choice on a GPU
+or TPU); both compute the same function on the same parameters (use it
 for forward-mode autodiff, which custom VJPs do not support).
 """
 
@@ -32,10 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wm_jax.core import kernels
 from wm_jax.models.strided_conv import Conv4Stride2, ConvTransposeStride2
 
 Params = Any  # flax linen params pytree: {"encoder": {...}, "decoder": {...}}
-Impl = Literal["fast", "flax"]
+Impl = Literal["auto", "fast", "flax"]  # auto: the backend's choice (wm_jax.core.kernels)
 
 FRAME_SHAPE = (64, 64, 3)
 # World Models, Appendix: encoder filters (kernel 4, stride 2) and decoder (filters, kernel).
@@ -140,7 +142,11 @@ def num_params(params: Params) -> int:
     return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
 
 
-def encode(params: Params, x: jax.Array, *, impl: Impl = "fast") -> tuple[jax.Array, jax.Array]:
+def _layers(impl: Impl) -> Impl:
+    return kernels.active().vae_layers if impl == "auto" else impl
+
+
+def encode(params: Params, x: jax.Array, *, impl: Impl = "auto") -> tuple[jax.Array, jax.Array]:
     """x (..., 64, 64, 3) float32 in [0, 1] -> (mu, logvar), each (..., Z)."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):  # e.g. raw uint8 frames
@@ -149,15 +155,17 @@ def encode(params: Params, x: jax.Array, *, impl: Impl = "fast") -> tuple[jax.Ar
         )
     batch_shape = x.shape[:-3]
     flat = jnp.reshape(x, (-1, *x.shape[-3:]))
-    encoder = Encoder(latent_dim_of(params), impl)
+    encoder = Encoder(latent_dim_of(params), _layers(impl))
     mu, logvar = encoder.apply({"params": params["encoder"]}, flat)
     return mu.reshape(*batch_shape, -1), logvar.reshape(*batch_shape, -1)
 
 
-def decode(params: Params, z: jax.Array, *, impl: Impl = "fast") -> jax.Array:
+def decode(params: Params, z: jax.Array, *, impl: Impl = "auto") -> jax.Array:
     """z (..., Z) -> x (..., 64, 64, 3) in [0, 1]."""
     batch_shape = z.shape[:-1]
-    x = Decoder(impl).apply({"params": params["decoder"]}, jnp.reshape(z, (-1, z.shape[-1])))
+    x = Decoder(_layers(impl)).apply(
+        {"params": params["decoder"]}, jnp.reshape(z, (-1, z.shape[-1]))
+    )
     return x.reshape(*batch_shape, *FRAME_SHAPE)
 
 
@@ -208,7 +216,7 @@ def frames_to_float(frames: Any) -> jax.Array:
 
 
 def loss_fn(
-    key: jax.Array, params: Params, x: jax.Array, kl_tolerance: float, *, impl: Impl = "fast"
+    key: jax.Array, params: Params, x: jax.Array, kl_tolerance: float, *, impl: Impl = "auto"
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """World Models, Appendix: summed squared error + max(KL, kl_tolerance * Z), batch mean.
 

@@ -14,6 +14,7 @@ import types
 import typing
 from typing import Any
 
+from wm_jax.core import kernels
 from wm_jax.envs import registry
 from wm_jax.es import evolve
 from wm_jax.models import mdn_rnn, vae
@@ -126,6 +127,7 @@ class ExperimentConfig:
     evolve: evolve.EvolveConfig
     evaluate: EvaluateConfig
     iterate: IterateConfig = IterateConfig()
+    kernels: kernels.KernelsConfig = kernels.KernelsConfig()  # implementations, not results
 
     @property
     def game(self) -> str:
@@ -146,6 +148,7 @@ SECTIONS = (
     "evolve",
     "evaluate",
     "iterate",
+    "kernels",
 )
 
 # Allowed values (choices, or (low, high) inclusive numeric ranges; None = unbounded).
@@ -155,6 +158,7 @@ _CHOICES = {
     ("mdn_train", "windows"): ("stream", "random"),
     ("mdn_train", "grad_clip_mode"): ("value", "global_norm"),
     ("mdn_rnn", "log_sigma_bound"): ("soft", "none"),
+    **{("kernels", name): allowed for name, allowed in kernels.CHOICES.items()},
 }
 _RANGES = {
     ("controller", "temperature"): (1e-3, 10.0),
@@ -174,6 +178,7 @@ _RANGES = {
     ("iterate", "iterations"): (0, 1000),
     ("iterate", "episodes"): (0, None),
     ("mdn_rnn", "reward_min"): (None, None),
+    ("kernels", "es_blas_threads"): (-1, 4096),
 }
 _ZERO_ALLOWED = (
     "eval_every",

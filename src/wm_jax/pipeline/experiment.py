@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wm_jax.core import distributed, runtime
+from wm_jax.core import distributed, kernels, runtime
 from wm_jax.core.checkpoint import CheckpointError, atomic_write_json
 from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import results as results_file
@@ -30,7 +30,8 @@ from wm_jax.pipeline.presets import expected_wall_time, preset
 _RESUMABLE_CHANGES = {("collect", "workers"), ("evaluate", "workers")}
 # The §5 rounds run after the run's own stages: more of them, or other settings for rounds not
 # run yet, continue a finished run (a round already run refuses other settings itself).
-_RESUMABLE_SECTIONS = {"iterate"}
+# `kernels` picks implementations of the same computation (wm_jax.core.kernels).
+_RESUMABLE_SECTIONS = {"iterate", "kernels"}
 
 
 def _settings_help() -> str:
@@ -212,6 +213,7 @@ def run_config(
     from wm_jax.pipeline import report
     from wm_jax.pipeline import stages as stage_lib
 
+    kernels.use(config.kernels)  # the backend's implementations unless the config names one
     paths = run_folder.RunPaths(run_dir)
     functions = {
         "collect": stage_lib.collect,

@@ -46,7 +46,7 @@ class VAETrainState(flax.struct.PyTreeNode):
 
 @functools.cache  # configs are frozen dataclasses: repeated `train` calls reuse the compiled step
 def make_train(
-    config: vae.VAEConfig, train_config: VAETrainConfig, *, impl: vae.Impl = "fast"
+    config: vae.VAEConfig, train_config: VAETrainConfig, *, impl: vae.Impl = "auto"
 ) -> tuple[
     Callable[[jax.Array], VAETrainState],
     Callable[[jax.Array, VAETrainState, jax.Array], tuple[VAETrainState, dict[str, jax.Array]]],

@@ -1,0 +1,114 @@
+"""The implementations chosen per backend (wm_jax.core.kernels): the table, the config's override,
+and that the choice reaches the models (same values, another program)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wm_jax.core import kernels
+from wm_jax.models import mdn_rnn, vae
+from wm_jax.pipeline import config as cfg
+from wm_jax.pipeline import experiment
+
+
+@pytest.mark.parametrize(
+    ("backend", "vae_layers", "lstm", "blas"),
+    [("cpu", "fast", "fused", 1), ("gpu", "flax", "fused", 0), ("tpu", "flax", "fused", 0)],
+)
+def test_auto_is_the_backends_row(backend, vae_layers, lstm, blas):
+    chosen = kernels.resolve(kernels.KernelsConfig(), backend)
+    assert (chosen.vae_layers, chosen.lstm, chosen.es_blas_threads) == (vae_layers, lstm, blas)
+
+
+def test_a_named_choice_wins_over_the_backend():
+    named = kernels.KernelsConfig(vae_layers="flax", lstm="scan", es_blas_threads=0)
+    assert kernels.resolve(named, "cpu") == named
+    assert kernels.resolve(kernels.KernelsConfig(vae_layers="fast"), "gpu").vae_layers == "fast"
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ("kernels.lstm=cudnn", r"kernels\.lstm='cudnn': allowed values are"),
+        ("kernels.vae_layers=im2col", r"kernels\.vae_layers='im2col'"),
+        ("kernels.es_blas_threads=-2", r"kernels\.es_blas_threads=-2: must be in \[-1, 4096\]"),
+        ("kernels.es_blas_threads=two", r"kernels\.es_blas_threads='two': expected int"),
+    ],
+)
+def test_a_bad_choice_is_one_error_naming_the_field(setting, match):
+    with pytest.raises(cfg.ConfigError, match=match):
+        experiment.build_config("minatar_breakout", "smoke", 0, [setting])
+
+
+def test_use_refuses_an_unknown_choice():
+    with pytest.raises(ValueError, match=r"kernels\.lstm='x'"):
+        kernels.use(kernels.KernelsConfig(lstm="x"))
+    assert kernels.active() == kernels.resolve(kernels.KernelsConfig())  # unchanged
+
+
+def test_another_kernel_choice_resumes_the_same_run(tmp_path):
+    config = experiment.build_config("minatar_breakout", "smoke", 0, [])
+    experiment.prepare_run_dir(tmp_path, config)
+    other = experiment.build_config("minatar_breakout", "smoke", 0, ["kernels.lstm=scan"])
+    experiment.prepare_run_dir(tmp_path, other)  # no "written with other settings" error
+    assert cfg.from_dict(config.to_dict()) == config
+
+
+def _equations(fn, *args):
+    """Every equation of fn's program, nested ones (scan bodies, custom VJPs) included."""
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, tuple | list) else (value,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        yield from walk(inner)
+
+    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def _custom_vjps(fn, *args) -> int:
+    return sum(eqn.primitive.name.startswith("custom_vjp_call") for eqn in _equations(fn, *args))
+
+
+def test_the_lstm_choice_reaches_m_with_the_same_gradients():
+    config = mdn_rnn.MDNRNNConfig(latent_dim=4, action_dim=1, hidden_size=8, num_mixtures=2)
+    params = mdn_rnn.init_params(jax.random.key(0), config)
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+    actions = jnp.asarray(rng.uniform(-1, 1, (3, 5, 1)), jnp.float32)
+
+    def loss(p):
+        out = mdn_rnn.forward_sequence(config, p, z, actions)
+        return jnp.sum(out.mu**2) + jnp.sum(out.log_pi * out.log_sigma)
+
+    grads, seen = {}, {}
+    for choice in ("fused", "scan"):
+        with kernels.using(kernels.KernelsConfig(lstm=choice)):
+            grads[choice] = jax.jit(jax.grad(loss))(params)
+            # A new function object: JAX caches traces per function, and the choice is read
+            # when tracing.
+            seen[choice] = _custom_vjps(lambda p: loss(p), params)
+    assert seen["fused"] == seen["scan"] + 1  # the fused LSTM's own backward pass
+    for a, b in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["scan"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_vae_choice_reaches_v_with_the_same_codes():
+    params = vae.init_params(jax.random.key(0), vae.VAEConfig(latent_dim=8))
+    x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+    mu, seen = {}, {}
+    for choice in ("fast", "flax"):
+        with kernels.using(kernels.KernelsConfig(vae_layers=choice)):
+            mu[choice] = jax.jit(lambda p, f: vae.encode(p, f)[0])(params, x)
+            seen[choice] = [
+                e.params["window_strides"]
+                for e in _equations(lambda p, f: vae.encode(p, f)[0], params, x)
+                if e.primitive.name == "conv_general_dilated"
+            ]
+    assert all(strides == (2, 2) for strides in seen["flax"]) and seen["flax"]
+    assert all(strides == (1, 1) for strides in seen["fast"]) and seen["fast"]
+    np.testing.assert_allclose(mu["fast"], mu["flax"], rtol=1e-4, atol=1e-4)
