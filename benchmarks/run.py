@@ -206,21 +206,34 @@ def time_calls(call: Callable[[], Any], repeats: int, min_time_s: float) -> dict
     The first call is a warm-up (its time is reported as warmup_s); each repetition then repeats
     the call until `min_time_s` has passed, so short calls are timed over many runs.
     """
-    start = time.perf_counter()
-    call()
-    warmup = time.perf_counter() - start
-    calls = max(1, math.ceil(min_time_s / max(warmup, 1e-6)))
-    times = []
-    for _ in range(repeats):
+    return time_interleaved({"call": call}, repeats, min_time_s)["call"]
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], repeats: int, min_time_s: float
+) -> dict[str, dict[str, Any]]:
+    """`time_calls` for several calls whose repetitions alternate (a, b, a, b, ...)."""
+    warmups, counts = {}, {}
+    for name, call in calls.items():
         start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        times.append((time.perf_counter() - start) / calls)
+        call()
+        warmups[name] = time.perf_counter() - start
+        counts[name] = max(1, math.ceil(min_time_s / max(warmups[name], 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(counts[name]):
+                call()
+            times[name].append((time.perf_counter() - start) / counts[name])
     return {
-        "median_s": statistics.median(times),
-        "times_s": times,
-        "calls_per_repeat": calls,
-        "warmup_s": warmup,
+        name: {
+            "median_s": statistics.median(times[name]),
+            "times_s": times[name],
+            "calls_per_repeat": counts[name],
+            "warmup_s": warmups[name],
+        }
+        for name in calls
     }
 
 
@@ -359,15 +372,19 @@ def bench_dream(settings: Settings, peak_record: dict, tch: Torch | None) -> dic
         for batch in settings.batches:
             num_steps = _steps_for(settings, batch)
             both = settings.batched_at is None or batch in settings.batched_at
-            for impl in ("dream", "batched") if both else ("dream",):
+            impls = ("dream", "batched") if both else ("dream",)
+            args = (jax.random.key(1), model_params, policy_params, initial_mu)
+            calls, compile_s = {}, {}
+            for impl in impls:
                 fn = _jax_dream_fn(game, batch, num_steps, impl)
-                args = (jax.random.key(1), model_params, policy_params, initial_mu)
-                compiled, compile_s = compile_jit(fn, *args)
-                timing = time_calls(
-                    lambda c=compiled, a=args: _block(c(*a)), settings.repeats, settings.min_time_s
-                )
-                rows.append(_dream_row(f"wm_jax:{impl}", batch, num_steps, timing, flops))
-                rows[-1]["compile_s"] = compile_s
+                compiled, compile_s[impl] = compile_jit(fn, *args)
+                calls[impl] = lambda c=compiled: _block(c(*args))
+            # The two paths' repetitions alternate, so a change of the machine's load moves
+            # both (their ratio is a goal).
+            timings = time_interleaved(calls, settings.repeats, settings.min_time_s)
+            for impl in impls:
+                rows.append(_dream_row(f"wm_jax:{impl}", batch, num_steps, timings[impl], flops))
+                rows[-1]["compile_s"] = compile_s[impl]
                 _progress(f"dream {name} {rows[-1]['impl']} batch {batch}", rows[-1])
             # torch with every core (the reference setting) and, on a CPU, with one thread: on a
             # busy machine spinning OpenMP threads can cost torch more than they bring.
