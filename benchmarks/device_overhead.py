@@ -38,13 +38,13 @@ def measure(tiny: bool) -> dict[str, float]:
     import jax.numpy as jnp
     import numpy as np
 
-    from benchmarks import run as bench
+    from benchmarks import dream_speed, harness, training_speed
     from wm_jax.core import devices, runtime
     from wm_jax.models import mdn_rnn, vae
     from wm_jax.train import mdn_rnn_train, vae_train
 
     runtime.tune_malloc()
-    settings = bench.TINY if tiny else bench.QUICK
+    settings = harness.TINY if tiny else harness.QUICK
     repeats, min_time = (1, 0.0) if tiny else (3, 0.5)
     out: dict[str, float] = {}
 
@@ -59,14 +59,14 @@ def measure(tiny: bool) -> dict[str, float]:
         holder["state"], metrics = step(jax.random.key(1), holder["state"], frames)
         jax.block_until_ready(metrics)
 
-    out["V train images/s"] = batch / bench.time_calls(v_call, repeats, min_time)["median_s"]
+    out["V train images/s"] = batch / harness.time_calls(v_call, repeats, min_time)["median_s"]
 
     seq = 4 if tiny else 100
     init, step = mdn_rnn_train.make_train(
         mdn_rnn.DOOM, mdn_rnn_train.MDNTrainConfig(batch_size=batch, seq_len=seq)
     )
     data = devices.shard_batch(
-        jax.tree.map(jnp.asarray, bench._sequence_batch(mdn_rnn.DOOM, batch, seq)), mesh
+        jax.tree.map(jnp.asarray, training_speed.sequence_batch(mdn_rnn.DOOM, batch, seq)), mesh
     )
     holder = {"state": devices.place_state(init(jax.random.key(0)), mesh)}
 
@@ -75,10 +75,10 @@ def measure(tiny: bool) -> dict[str, float]:
         jax.block_until_ready(metrics)
 
     out["M train timesteps/s"] = (
-        batch * seq / bench.time_calls(m_call, repeats, min_time)["median_s"]
+        batch * seq / harness.time_calls(m_call, repeats, min_time)["median_s"]
     )
 
-    cma = bench.bench_cma(
+    cma = dream_speed.bench_cma(
         dataclasses.replace(settings, cma_steps=3 if tiny else 100, cma_generations=repeats)
     )
     out["CMA-ES dream steps/s"] = cma["dream_steps_per_s"]

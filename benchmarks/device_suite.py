@@ -33,11 +33,10 @@ import jax
 import jax.numpy as jnp
 from threadpoolctl import threadpool_limits
 
-from benchmarks import peak, report
-from benchmarks import run as bench
+from benchmarks import dream_speed, harness, peak, report, training_speed
 from wm_jax.core import checkpoint, kernels, runtime
 
-RESULTS_DIR = bench.RESULTS_DIR
+RESULTS_DIR = harness.RESULTS_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +44,7 @@ class Suite:
     """Sizes of one suite run; `bench` holds the sizes `benchmarks.run`'s sections read."""
 
     name: str
-    bench: bench.Settings
+    bench: harness.Settings
     dream_games: tuple[str, ...] = ("doom", "car_racing")
     vae_batches: tuple[int, ...] = (100, 1024)  # the paper's 100, and one that fills a GPU
     mdn_batches: tuple[int, ...] = (100,)  # the paper's, at its sequence lengths
@@ -56,7 +55,7 @@ class Suite:
 DEVICE = Suite(
     name="device",
     bench=dataclasses.replace(
-        bench.FULL,
+        harness.FULL,
         name="device",
         batches=(1, 64, 1024, 16384, 131072, 1048576),
         batched_at=(1024, 1048576),
@@ -70,7 +69,7 @@ DEVICE = Suite(
 # Toy sizes for tests/test_device_suite.py (CPU, seconds): checks the harness, not the speed.
 TINY = Suite(
     name="tiny",
-    bench=dataclasses.replace(bench.TINY, batches=(2,), batched_at=(2,)),
+    bench=dataclasses.replace(harness.TINY, batches=(2,), batched_at=(2,)),
     vae_batches=(2,),
     mdn_batches=(2,),
     peak_sizes=(128,),
@@ -86,7 +85,7 @@ SUITES = {suite.name: suite for suite in (DEVICE, TINY)}
 def dream_row(
     game_name: str,
     batch: int,
-    settings: bench.Settings,
+    settings: harness.Settings,
     impl: str = "dream",
     peak_gflops: float | None = None,
 ) -> dict[str, Any]:
@@ -100,16 +99,16 @@ def dream_row(
       The row: impl, batch, num_steps, steps_per_s, gflops (matmul FLOPs only), median_s,
       compile_s and, with `peak_gflops`, fraction_of_peak.
     """
-    game = bench.DREAM_GAMES[game_name]
-    model_params, policy_params, initial_mu = bench._dream_weights(game)
-    num_steps = bench._steps_for(settings, batch)
-    fn = bench._jax_dream_fn(game, batch, num_steps, impl)
+    game = dream_speed.DREAM_GAMES[game_name]
+    model_params, policy_params, initial_mu = dream_speed.dream_weights(game)
+    num_steps = dream_speed.steps_for(settings, batch)
+    fn = dream_speed.jax_dream_fn(game, batch, num_steps, impl)
     args = (jax.random.key(1), model_params, policy_params, initial_mu)
-    compiled, compile_s = bench.compile_jit(fn, *args)
-    timing = bench.time_calls(
-        lambda: bench._block(compiled(*args)), settings.repeats, settings.min_time_s
+    compiled, compile_s = harness.compile_jit(fn, *args)
+    timing = harness.time_calls(
+        lambda: harness.block(compiled(*args)), settings.repeats, settings.min_time_s
     )
-    row = bench._dream_row(f"wm_jax:{impl}", batch, num_steps, timing, game.flops)
+    row = dream_speed.dream_row(f"wm_jax:{impl}", batch, num_steps, timing, game.flops)
     row["compile_s"] = compile_s
     if peak_gflops:
         row["fraction_of_peak"] = row["gflops"] / peak_gflops
@@ -120,7 +119,8 @@ def measure_peak(suite: Suite) -> dict[str, Any]:
     """`benchmarks.peak.measure_peak` (with the dream's own matmuls), plus the float32 peak at
     "highest" precision (no TF32) and the bfloat16 peak at the largest size."""
     repeats = 2 * suite.bench.repeats
-    record = peak.measure_peak(suite.peak_sizes, repeats, bench.dream_gemm_shapes(suite.bench))
+    shapes = dream_speed.dream_gemm_shapes(suite.bench)
+    record = peak.measure_peak(suite.peak_sizes, repeats, shapes)
     size = max(suite.peak_sizes)
     with jax.default_matmul_precision("highest"):
         record["jax_gflops_float32_highest"] = peak.jax_matmul_gflops(size, repeats)
@@ -130,11 +130,12 @@ def measure_peak(suite: Suite) -> dict[str, Any]:
     return record
 
 
-def _cma(settings: bench.Settings) -> dict[str, Any]:
-    """`benchmarks.run.bench_cma` with one BLAS thread, as `wm_jax.es.evolve_loop` runs CMA-ES: on a
-    CPU, CMA-ES's eigh in OpenBLAS threads fights XLA's (seconds a generation at Doom's size)."""
+def _cma(settings: harness.Settings) -> dict[str, Any]:
+    """`benchmarks.dream_speed.bench_cma` with one BLAS thread, as `wm_jax.es.evolve_loop` runs
+    CMA-ES: on a CPU, CMA-ES's eigh in OpenBLAS threads fights XLA's (seconds a generation at
+    Doom's size)."""
     with threadpool_limits(1, user_api="blas"):
-        return bench.bench_cma(settings) | {"blas_threads": 1}
+        return dream_speed.bench_cma(settings) | {"blas_threads": 1}
 
 
 def _memory_peak_bytes() -> int | None:
@@ -195,12 +196,12 @@ def run(
     record["peak"] = _guarded(record, "peak", lambda: measure_peak(suite), deadline)
     peak_gflops = (record["peak"] or {}).get("peak_gflops")
     if peak_gflops:
-        bench._progress("matmul peak GFLOP/s", {"peak_gflops": peak_gflops})
+        harness.progress("matmul peak GFLOP/s", {"peak_gflops": peak_gflops})
     save()
 
     record["dream"] = {}
     for game_name in suite.dream_games:
-        game = bench.DREAM_GAMES[game_name]
+        game = dream_speed.DREAM_GAMES[game_name]
         rows: list[dict[str, Any]] = []
         record["dream"][game_name] = {
             "flops_per_step": game.flops,
@@ -219,15 +220,15 @@ def run(
                 if row is not None:
                     row["device_peak_bytes_in_use"] = _memory_peak_bytes()
                     rows.append(row)
-                    bench._progress(label, row)
+                    harness.progress(label, row)
                 save()
 
     record["cma"] = _guarded(record, "cma doom generation", lambda: _cma(settings), deadline)
     save()
 
     training = (
-        ("vae", suite.vae_batches, "vae_batch", bench.bench_vae),
-        ("mdn", suite.mdn_batches, "mdn_batch", bench.bench_mdn),
+        ("vae", suite.vae_batches, "vae_batch", training_speed.bench_vae),
+        ("mdn", suite.mdn_batches, "mdn_batch", training_speed.bench_mdn),
     )
     for name, batches, field, measure in training:  # V's and M's training steps/s per batch
         record[name] = {}
@@ -244,8 +245,8 @@ def run(
     # above: what decides that module's "auto" row for this backend.
     record["kernels"] = {"auto": dataclasses.asdict(kernels.active())}
     choices = (
-        ("vae_layers", ("fast", "flax"), bench.bench_vae),
-        ("lstm", ("fused", "scan"), bench.bench_mdn),
+        ("vae_layers", ("fast", "flax"), training_speed.bench_vae),
+        ("lstm", ("fused", "scan"), training_speed.bench_mdn),
     )
     for field, options, measure in choices:
         for option in options:

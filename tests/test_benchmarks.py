@@ -17,7 +17,15 @@ import pytest
 # benchmarks/ is a top-level folder beside src/, not part of the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import numpy_reference, peak, report, run  # noqa: E402
+from benchmarks import (  # noqa: E402
+    dream_speed,
+    harness,
+    numpy_reference,
+    peak,
+    report,
+    run,
+    training_speed,
+)
 from wm_jax.models import (
     controller,
     mdn_rnn,
@@ -27,7 +35,7 @@ from wm_jax.models import (
 MDN_CONFIGS = {
     "car_racing": mdn_rnn.CAR_RACING,
     "doom": mdn_rnn.DOOM,
-    "car_racing_reward": run.DREAM_GAMES["car_racing"].mdn,
+    "car_racing_reward": dream_speed.DREAM_GAMES["car_racing"].mdn,
 }
 CONTROLLERS = {"car_racing": controller.CAR_RACING, "doom": controller.DOOM}
 TOL = 1e-4
@@ -51,7 +59,7 @@ def _inputs(config, batch, seed=2):
 
 
 def test_dream_step_flops_formula():
-    doom = run.DREAM_GAMES["doom"].flops
+    doom = dream_speed.DREAM_GAMES["doom"].flops
     # LSTM 2 (66 + 512) 2048, head 2 · 512 · 961, controller 2 · 1088 · 1
     assert doom == {"lstm": 2_367_488, "mdn_head": 984_064, "controller": 2_176, "total": 3_353_728}
     car = peak.dream_step_flops(32, 3, 256, 288)
@@ -80,7 +88,7 @@ def test_torch_vae_matches_jax():
     torch = pytest.importorskip("torch")
     from benchmarks import torch_reference as tr
 
-    params = run.random_params(vae.init_params, vae.VAEConfig(32))
+    params = harness.random_params(vae.init_params, vae.VAEConfig(32))
     model = tr.load_vae(tr.ConvVAE(32), params)
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
@@ -100,7 +108,7 @@ def test_torch_mdn_step_matches_jax(name):
     from benchmarks import torch_reference as tr
 
     config = MDN_CONFIGS[name]
-    params = run.random_params(mdn_rnn.init_params, config)
+    params = harness.random_params(mdn_rnn.init_params, config)
     model = tr.load_mdn_rnn(tr.MDNRNN.from_config(config), params)
     state, z, action, restart = _inputs(config, batch=4)
     new_state, output = forward_step(config, params, state, z, action, restart)
@@ -128,9 +136,9 @@ def test_torch_mdn_sequence_matches_jax(name):
     from benchmarks import torch_reference as tr
 
     config = MDN_CONFIGS[name]
-    params = run.random_params(mdn_rnn.init_params, config)
+    params = harness.random_params(mdn_rnn.init_params, config)
     model = tr.load_mdn_rnn(tr.MDNRNN.from_config(config), params)
-    batch = run._sequence_batch(config, 3, 7)
+    batch = training_speed.sequence_batch(config, 3, 7)
     restarts = np.array(batch.restarts)
     restarts[:, 3] = config.use_restart  # a reset in the middle of every sequence
     z = batch.mu[:, :-1]
@@ -165,7 +173,7 @@ def test_torch_controller_matches_jax(name):
 def test_numpy_step_matches_jax(name):
     config = MDN_CONFIGS[name]
     c_config = CONTROLLERS[name.removesuffix("_reward")]
-    params = run.random_params(mdn_rnn.init_params, config)
+    params = harness.random_params(mdn_rnn.init_params, config)
     c_params = controller.init_params(jax.random.key(3), c_config)
     weights = numpy_reference.numpy_weights(params, c_params)
     sizes = numpy_reference.Sizes.from_configs(config, c_config)
@@ -237,7 +245,7 @@ def test_sampling_agrees_across_implementations():
 
 def test_time_calls_counts_and_median():
     calls = []
-    timing = run.time_calls(lambda: calls.append(1), repeats=3, min_time_s=0.0)
+    timing = harness.time_calls(lambda: calls.append(1), repeats=3, min_time_s=0.0)
     assert len(calls) == 1 + 3 * timing["calls_per_repeat"]
     assert len(timing["times_s"]) == 3
     assert timing["median_s"] == sorted(timing["times_s"])[1]
