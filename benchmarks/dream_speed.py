@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import numpy_reference, peak, report
+from benchmarks import goals, numpy_reference, peak
 from benchmarks.harness import (
     Settings,
     Torch,
@@ -251,7 +251,7 @@ def _torch_dream(settings, game: DreamGame, batch, num_steps, tch: Torch) -> dic
 
 
 def _gemm_batch(settings: Settings) -> int:
-    return report.GOAL_BATCH if report.GOAL_BATCH in settings.batches else max(settings.batches)
+    return goals.GOAL_BATCH if goals.GOAL_BATCH in settings.batches else max(settings.batches)
 
 
 def dream_gemm_shapes(settings: Settings) -> dict[str, tuple[int, int, int]]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import jax
 
-from benchmarks import peak, report
+from benchmarks import goals, peak, report
 from benchmarks.dream_speed import bench_cma, bench_dream, dream_gemm_shapes
 from benchmarks.harness import FULL, QUICK, RESULTS_DIR, TINY, Settings, load_torch, progress
 from benchmarks.training_speed import bench_mdn, bench_vae
@@ -125,8 +125,8 @@ def run(
                 record["errors"][section] = f"{type(error).__name__}: {error}"
                 print(f"  {section} FAILED: {record['errors'][section]}", file=sys.stderr)
             record.setdefault("section_seconds", {})[section] = time.perf_counter() - start
-    record["main_job"] = report.main_job()
-    record["goals"] = report.goals(record)
+    record["main_job"] = goals.main_job()
+    record["goals"] = goals.goals(record)
     report.write_outputs(record, out_dir or RESULTS_DIR)
     return record
 

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import (  # noqa: E402
     dream_speed,
+    goals,
     harness,
     numpy_reference,
     peak,
@@ -312,7 +313,7 @@ def _synthetic_record(torch_ratio, fraction, vae_ratio):
 
 def test_goals_pass_and_miss(tmp_path):
     record = _synthetic_record(torch_ratio=2.0, fraction=0.5, vae_ratio=0.9)
-    record["goals"] = report.goals(record)
+    record["goals"] = goals.goals(record)
     results = {g["goal"]: g for g in record["goals"]}
     assert [g["pass"] for g in record["goals"]] == [True, False, True, False]
     assert results["Dream, Doom-sized, batch 1024: steps/s vs eager PyTorch"]["measured"] == 2.0
