@@ -1,10 +1,11 @@
 """Several processes as one program (`wm_jax.core.distributed`): the experiment command on two
 local processes talking over 127.0.0.1 (JAX's CPU collectives, gloo), 2 devices each, gives the
 one-process results, writes each checkpoint and log once, and collects disjoint shares of the
-episodes into one store; bad settings are one line."""
+episodes into one store, in the first collection and in a §5 round; bad settings are one line."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,16 +27,29 @@ def _env(device_count: int) -> dict:
     return env
 
 
+# One §5 round (its new episodes collected by C) and the publication step after the first C.
+_ROUND = ["iterate.iterations=1", "iterate.episodes=4", "evaluate.publication_episodes=2"]
+
+
 @pytest.mark.slow
 def test_two_processes_run_the_experiment_command_as_one(minatar_smoke_run, tmp_path):
     # `python -m wm_jax.experiment ... --coordinator --num-processes --process-id`, 2 devices
     # each: V's and M's batches and C's population split over the 4 devices of both processes,
     # the episodes collected and encoded in two shares, every later stage restoring V and M
-    # from checkpoints process 0 alone wrote, the run folder written by process 0 alone.
+    # from checkpoints process 0 alone wrote, the run folder written by process 0 alone; then
+    # a §5 round (C's episodes collected in two shares, M and C over the 4 devices) and the
+    # publication step (process 0 plays, the other waits).
+    from wm_jax.pipeline import experiment
+
+    # The one-process reference: the shared smoke run, continued by the same round.
+    reference = tmp_path / "one"
+    shutil.copytree(minatar_smoke_run, reference, symlinks=True)
+    experiment.run("minatar_breakout", "smoke", reference, overrides=_ROUND, progress=False)
     run_dir = tmp_path / "run"
     coordinator = f"127.0.0.1:{_free_port()}"
     command = [sys.executable, "-m", "wm_jax.experiment", "minatar_breakout", "--scale"]
-    command += ["smoke", "--run-dir", str(run_dir), "--no-progress", "--coordinator"]
+    command += ["smoke", "--run-dir", str(run_dir), "--no-progress"]
+    command += [arg for setting in _ROUND for arg in ("--set", setting)] + ["--coordinator"]
     procs = [
         subprocess.Popen(
             [*command, coordinator, "--num-processes", "2", "--process-id", str(i)],
@@ -74,6 +88,25 @@ def test_two_processes_run_the_experiment_command_as_one(minatar_smoke_run, tmp_
             (minatar_smoke_run / "metrics" / f"{name}.jsonl").read_text().splitlines()
         )
     assert (run_dir / "report" / "report.md").is_file()
+    # The round and the publication: the one-process figures.
+    one, two = (json.loads((d / "results.json").read_text()) for d in (reference, run_dir))
+    round_one, round_two = (d / "iterations" / "iter_1" for d in (reference, run_dir))
+    collect_one, collect_two = (
+        json.loads((d / "stages" / "collect.json").read_text())["summary"]
+        for d in (round_one, round_two)
+    )
+    for key in ("episodes", "frames", "new_episodes", "new_frames", "linked_episodes"):
+        assert collect_two[key] == collect_one[key], key
+    assert two["iterations"][1]["m_final_loss"] == pytest.approx(
+        one["iterations"][1]["m_final_loss"], rel=1e-4, abs=1e-5
+    )
+    assert two["iterations"][1]["real"] == one["iterations"][1]["real"]
+    assert two["publication"]["mean"] == one["publication"]["mean"]
+    assert two["publication"]["episodes"] == 2
+    lines = (round_two / "metrics" / "train_controller.jsonl").read_text().splitlines()
+    assert len(lines) == len(
+        (round_one / "metrics" / "train_controller.jsonl").read_text().splitlines()
+    )
 
 
 @pytest.fixture

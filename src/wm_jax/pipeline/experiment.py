@@ -26,8 +26,13 @@ from wm_jax.pipeline import run_folder
 from wm_jax.pipeline.cli import add_common_arguments, run_command
 from wm_jax.pipeline.presets import expected_wall_time, preset
 
-# Settings that may differ when a run is resumed (they do not change what is computed).
-_RESUMABLE_CHANGES = {("collect", "workers"), ("evaluate", "workers")}
+# Settings that may differ when a run is resumed (they do not change what is computed; the
+# publication step runs after every stage and keys its record by C and the episode count).
+_RESUMABLE_CHANGES = {
+    ("collect", "workers"),
+    ("evaluate", "workers"),
+    ("evaluate", "publication_episodes"),
+}
 # The §5 rounds run after the run's own stages: more of them, or other settings for rounds not
 # run yet, continue a finished run (a round already run refuses other settings itself).
 # `kernels` picks implementations of the same computation (wm_jax.core.kernels).
@@ -179,14 +184,8 @@ def run(
         results = run_config(config, run_dir, stages, progress)
         from wm_jax.pipeline import rounds
 
-        if several and (config.iterate.iterations or config.evaluate.publication_episodes):
-            # The rounds collect with C and evaluate in the real game, on one host for now.
-            print(
-                "the §5 rounds and the publication run on one process: rerun the same command "
-                "without --num-processes to continue (the finished stages are kept)",
-                flush=True,
-            )
-            return results
+        # Several processes: each round's new episodes are collected in shares, its M and C
+        # trained over every device, its evaluation and the publication run on process 0.
         if config.iterate.iterations:
             results = rounds.run_iterations(config, run_dir, progress)
         if config.evaluate.publication_episodes:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from wm_jax.core import links, runtime
+from wm_jax.core import distributed, links, runtime
 from wm_jax.core.checkpoint import atomic_write_json
 from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import experiment, run_folder
@@ -145,7 +145,6 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
     from wm_jax.pipeline import run_models, stages
 
     block = new_block(EpisodeStore(previous.episodes).indices(), iteration)
-    linked = links.link_store(previous.episodes, paths.episodes)
     staging = paths.root / "data" / "new_episodes"
     policy = stages.collection_policy(
         config, run_models.controller_policy(config, previous, noise=noise)
@@ -160,21 +159,29 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
         min_frames=config.collect.min_frames,
         progress=progress,
         policy=policy,
+        # Several processes: each plays its own share of the episode ids into the one folder.
+        shard=(distributed.process_index(), distributed.process_count()),
     )
-    new = EpisodeStore(staging)
+    distributed.barrier("round collected")
+    new = EpisodeStore(staging)  # every process's episodes (the files are the truth)
     if len(new) == 0:
         raise RuntimeError(
             f"the controller's collection stored no episodes in {staging}: {summary}"
         )
     first = block * INDEX_OFFSET
-    for index in new.indices():
-        links.link_file(new.path(index), episode_path(paths.episodes, first + index))
-    store = EpisodeStore(paths.episodes)  # opening it records the new files in its manifest
-    info = {"iteration": iteration, "first_index": first, "policy": repr(policy)}
-    info |= {"collect_seed": collect_seed(config.seed, block)}
-    meta = store.read_meta()
-    earlier = [i for i in meta.get("iterations", []) if i["iteration"] != iteration]
-    store.write_meta(meta | {"iterations": [*earlier, info]})
+    if distributed.is_writer():
+        linked = links.link_store(previous.episodes, paths.episodes)
+        for index in new.indices():
+            links.link_file(new.path(index), episode_path(paths.episodes, first + index))
+        store = EpisodeStore(paths.episodes)  # opening it records the new files in its manifest
+        info = {"iteration": iteration, "first_index": first, "policy": repr(policy)}
+        info |= {"collect_seed": collect_seed(config.seed, block)}
+        meta = store.read_meta()
+        earlier = [i for i in meta.get("iterations", []) if i["iteration"] != iteration]
+        store.write_meta(meta | {"iterations": [*earlier, info]})
+    distributed.barrier("round linked")
+    store = EpisodeStore(paths.episodes)
+    linked = len(list(Path(previous.episodes).glob("episode_*.npz")))
     return {
         "episodes": len(store),
         "frames": store.total_frames,
@@ -201,7 +208,9 @@ def _check_settings(sub: Path, settings: dict[str, Any]) -> None:
                 f"{path} was written with other settings ({'; '.join(changes)}); resume with "
                 "the same settings or remove the iterations folder"
             )
-    atomic_write_json(path, settings)
+    distributed.barrier(f"read {path}")  # every process compared before process 0 writes
+    if distributed.is_writer():
+        atomic_write_json(path, settings)
 
 
 def prepare_iteration(
@@ -213,7 +222,9 @@ def prepare_iteration(
 ) -> Path:
     """Iteration k's run folder, ready for `experiment.run_config` (collection is done here).
 
-    Every step is skipped once done, so a killed iteration resumes where it stopped.
+    Every step is skipped once done, so a killed iteration resumes where it stopped. Several
+    processes (`wm_jax.core.distributed`): each collects its share of the new episodes, process
+    0 alone links and copies files, and the others wait for it.
     """
     from wm_jax.core import checkpoint
     from wm_jax.pipeline.stages import RunPaths
@@ -226,11 +237,14 @@ def prepare_iteration(
         run_dir / "iterations" / f"iter_{iteration - 1}" if iteration > 1 else run_dir
     )
     done = {stage for stage in cfg.STAGES if (sub / "stages" / f"{stage}.json").is_file()}
-    for name in ("checkpoints/vae", "metrics/train_vae.jsonl"):  # V is the parent's
-        if (run_dir / name).exists():
-            links.symlink(run_dir / name, sub / name)
-    if "train_vae" not in done:
-        run_folder.adopt_record(run_dir, sub, "train_vae")
+    writer = distributed.is_writer()
+    distributed.barrier(f"decided {sub}")  # every process read `done` before any change
+    if writer:
+        for name in ("checkpoints/vae", "metrics/train_vae.jsonl"):  # V is the parent's
+            if (run_dir / name).exists():
+                links.symlink(run_dir / name, sub / name)
+        if "train_vae" not in done:
+            run_folder.adopt_record(run_dir, sub, "train_vae")
     if "collect" not in done:
         share = config.collect.driver_fraction
         by = "C" if share == 0 else f"C, {share:.0%} of them by the game's driver instead"
@@ -239,15 +253,18 @@ def prepare_iteration(
         summary = collect_new(
             config, paths, previous, iteration, settings["episodes"], settings["noise"], progress
         )
-        run_folder.write_record(sub, "collect", summary, time.perf_counter() - start, {})
-    shutil.rmtree(sub / "data" / "new_episodes", ignore_errors=True)  # linked into the store
-    if "encode" not in done:
-        links.link_store(previous.encoded, paths.encoded)  # same V: only new episodes get encoded
+        if writer:
+            run_folder.write_record(sub, "collect", summary, time.perf_counter() - start, {})
     m_dir = paths.checkpoints("mdn_rnn")
-    if "train_mdn_rnn" not in done and checkpoint.latest_step(m_dir) is None:
-        paths.metrics("train_mdn_rnn").parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(previous.metrics("train_mdn_rnn"), paths.metrics("train_mdn_rnn"))
-        links.copy_tree(previous.checkpoints("mdn_rnn"), m_dir)
+    if writer:
+        shutil.rmtree(sub / "data" / "new_episodes", ignore_errors=True)  # linked into the store
+        if "encode" not in done:  # same V: only new episodes get encoded
+            links.link_store(previous.encoded, paths.encoded)
+        if "train_mdn_rnn" not in done and checkpoint.latest_step(m_dir) is None:
+            paths.metrics("train_mdn_rnn").parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(previous.metrics("train_mdn_rnn"), paths.metrics("train_mdn_rnn"))
+            links.copy_tree(previous.checkpoints("mdn_rnn"), m_dir)
+    distributed.barrier(f"prepared {sub}")
     es_started = checkpoint.latest_step(paths.checkpoints("controller")) is not None
     if settings["warm_start"] and "train_controller" not in done and not es_started:
         warm_start_es(config, paths, previous, iteration)
@@ -300,7 +317,8 @@ def run(
             sub = prepare_iteration(run_dir, k, config, settings | {"iteration": k}, progress)
             experiment.run_config(config, sub, progress=progress)
         rows.append(round_row(sub, k))
-        write_summary(out_dir, rows)
+        if distributed.is_writer():
+            write_summary(out_dir, rows)
     return rows
 
 

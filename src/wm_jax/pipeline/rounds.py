@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from wm_jax.core import distributed
 from wm_jax.core.checkpoint import atomic_write_json, atomic_write_text
 from wm_jax.pipeline import config as cfg
 from wm_jax.pipeline import run_folder
@@ -72,11 +73,21 @@ def write_summary(out_dir: Path, rows: list[dict[str, Any]]) -> str:
     return table
 
 
+def _shared(results_path: Path, results: dict) -> dict:
+    """Process 0's `results` on every process, once it has written them (several processes)."""
+    distributed.barrier(f"wrote {results_path}")
+    return results if distributed.is_writer() else json.loads(results_path.read_text())
+
+
 def publish(config: cfg.ExperimentConfig, run_dir: Path, results: dict, progress: bool) -> dict:
     """The chosen C (the best round on the selection seeds, or the run's only C) on
     `evaluate.publication_episodes` publication seeds, once every choice is made; the record
-    goes to `DIR/publication/` and results.json (`publication`)."""
+    goes to `DIR/publication/` and results.json (`publication`). Several processes: process 0
+    plays the real game (host work, like the evaluate stage), the others wait."""
     from wm_jax.pipeline import evaluate
+
+    if not distributed.is_writer():
+        return _shared(run_dir / "results.json", results)
 
     best = results.get("best") or {}  # no §5 rounds: the run's own C
     chosen = Path(best.get("run_dir") or run_dir)
@@ -97,7 +108,7 @@ def publish(config: cfg.ExperimentConfig, run_dir: Path, results: dict, progress
         **{k: record[k] for k in ("agent", "mean", "std", "episodes", "first_seed", "seconds")},
     }
     atomic_write_json(run_dir / "results.json", results)
-    return results
+    return _shared(run_dir / "results.json", results)
 
 
 def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) -> dict:
@@ -116,11 +127,16 @@ def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) 
         warm_start=not settings.fresh_controller,
         progress=progress,
     )
-    print(write_summary(run_dir / "iterations", rows), flush=True)
     results = json.loads((run_dir / "results.json").read_text())
-    results["iterations"] = rows
-    results["final"] = {"iteration": rows[-1]["iteration"], **rows[-1]["real"]}
-    best = best_row(rows)
-    results["best"] = {"iteration": best["iteration"], "run_dir": best["run_dir"], **best["real"]}
-    atomic_write_json(run_dir / "results.json", results)
-    return results
+    if distributed.is_writer():
+        print(write_summary(run_dir / "iterations", rows), flush=True)
+        results["iterations"] = rows
+        results["final"] = {"iteration": rows[-1]["iteration"], **rows[-1]["real"]}
+        best = best_row(rows)
+        results["best"] = {
+            "iteration": best["iteration"],
+            "run_dir": best["run_dir"],
+            **best["real"],
+        }
+        atomic_write_json(run_dir / "results.json", results)
+    return _shared(run_dir / "results.json", results)
