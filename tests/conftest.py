@@ -43,3 +43,15 @@ def minatar_smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("minatar") / "run"
     experiment.run("minatar_breakout", "smoke", run_dir, progress=False)
     return run_dir
+
+
+# The README's test command runs the suite on every core (pytest-xdist, `--dist loadgroup`);
+# the tests that share one of the smoke runs above go to one worker, so each run is built once.
+_SHARED_RUNS = ("doom_smoke_run", "minatar_smoke_run")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        shared = [name for name in _SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
