@@ -39,7 +39,7 @@ def test_logger_starts_a_new_log(tmp_path):
     assert training_loop.read_jsonl(path, "generation") == [_row(1)]
 
 
-def _stopping_run(tmp_path, scores, patience, num_generations):
+def _stopping_run(tmp_path, scores, patience, num_generations, stop_at=None):
     """run_loop with a fake generation (a counter) and fake evaluations of the mean."""
     c_config = controller.ControllerConfig(latent_dim=2, hidden_size=2, action_dim=1)
     config = evolve.EvolveConfig(
@@ -48,6 +48,7 @@ def _stopping_run(tmp_path, scores, patience, num_generations):
         eval_every=1,
         checkpoint_every=1,
         stop_after_stale_evals=patience,
+        stop_at_return=stop_at,
     )
     state = evolve.init_state(jax.random.key(0), c_config, config)
     calls = []
@@ -89,6 +90,39 @@ def test_stops_after_stale_evaluations_and_a_resume_stops_at_the_same_place(tmp_
     assert evolve_loop.stale_evaluations(rows) == 2
 
 
-def test_stop_rule_needs_evaluations():
-    with pytest.raises(ValueError, match="stop_after_stale_evals"):
-        evolve.EvolveConfig(eval_every=0, stop_after_stale_evals=2)
+def test_stops_once_an_evaluation_reaches_the_ceiling_and_a_resume_stays_stopped(tmp_path):
+    scores = [5.0, 20.0, 30.0, 99.0, 100.0, 100.0]  # the ceiling (say 100) reached at 4
+    state, calls = _stopping_run(tmp_path / "a", scores, 0, num_generations=6, stop_at=98.0)
+    assert state.generation == 4 and calls == [1, 2, 3, 4]
+    rows = training_loop.read_jsonl(tmp_path / "a" / "log.jsonl", "generation")
+    assert "stop_at_return=98.0" in rows[-1]["stopped"] and rows[-1]["generation"] == 4
+    assert float(state.best_eval_return) == 99.0  # the mean that reached it is kept
+    again, calls = _stopping_run(tmp_path / "a", scores, 0, num_generations=6, stop_at=98.0)
+    assert again.generation == 4 and calls == []
+    # Never reached: every generation runs.
+    state, _ = _stopping_run(tmp_path / "b", scores, 0, num_generations=6, stop_at=101.0)
+    assert state.generation == 6
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(stop_after_stale_evals=2), "stop_after_stale_evals"),
+        (dict(stop_at_return=2058.0), "stop_at_return"),
+    ],
+)
+def test_stop_rules_need_evaluations(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        evolve.EvolveConfig(eval_every=0, **kwargs)
+
+
+def test_a_stop_rule_without_evaluations_is_one_line_from_the_command_line():
+    from wm_jax.pipeline import config as cfg
+    from wm_jax.pipeline.presets import preset
+
+    base = preset("doom_take_cover", "small")
+    with pytest.raises(cfg.ConfigError, match="stop_at_return=2058.0 needs eval_every"):
+        cfg.apply_overrides(base, ["evolve.eval_every=0", "evolve.stop_at_return=2058"])
+    with pytest.raises(cfg.ConfigError, match="finite"):
+        cfg.apply_overrides(base, ["evolve.stop_at_return=nan"])
+    assert cfg.apply_overrides(base, ["evolve.stop_at_return=none"]).evolve.stop_at_return is None

@@ -86,6 +86,16 @@ def stale_evaluations(rows: list[dict]) -> int:
     return stale
 
 
+def stop_reason(rows: list[dict], patience: int, stop_at: float | None) -> str | None:
+    """Why the loop stops after these log rows (a resumed run's included), or None."""
+    if patience and stale_evaluations(rows) >= patience:
+        return f"{stale_evaluations(rows)} evaluations without a new best"
+    evals = [row["eval_return"] for row in rows if "eval_return" in row]
+    if stop_at is not None and evals and max(evals) >= stop_at:
+        return f"an evaluation of {max(evals):.1f} reached stop_at_return={stop_at}"
+    return None
+
+
 def restore_or(state: Any, checkpoint_dir) -> Any:
     """The newest checkpoint in `checkpoint_dir` (into `state`'s structure), else `state`."""
     if checkpoint_dir is None or checkpoint.latest_step(checkpoint_dir) is None:
@@ -107,9 +117,10 @@ def run_loop(
     """The host loop shared by dream and real training: log, evaluate, checkpoint."""
     logger = _Logger(log_path, state.generation, num_generations, progress)
     patience = getattr(config, "stop_after_stale_evals", 0)
-    # Counted from the logged rows (a resumed run's included), so a resumed run stops where an
+    stop_at = getattr(config, "stop_at_return", None)
+    # Read from the logged rows (a resumed run's included), so a resumed run stops where an
     # uninterrupted one would.
-    stale = stale_evaluations(logger.rows)
+    stopped = stop_reason(logger.rows, patience, stop_at)
     # CMA-ES decomposes the D x D covariance every generation (D = 1,088 for Doom). On the CPU
     # that eigh runs in OpenBLAS, whose threads fight XLA's: measured on 2 cores, 9.0 s per
     # decomposition with OpenBLAS's default 2 threads against 0.13 s with 1. On an accelerator
@@ -117,7 +128,7 @@ def run_loop(
     threads = kernels.active().es_blas_threads
     blas_limit = threadpool_limits(threads or None, user_api="blas")
     try:
-        while state.generation < num_generations and not (patience and stale >= patience):
+        while state.generation < num_generations and stopped is None:
             start = time.perf_counter()
             state, rows = advance(state)
             seconds = (time.perf_counter() - start) / len(rows)
@@ -129,10 +140,10 @@ def run_loop(
                 state, score = record_eval(state, distributed.to_host(evaluate_mean(state)))
                 rows[-1]["eval_return"] = score
                 rows[-1]["best_eval_return"] = float(state.best_eval_return)
-            stale = stale_evaluations(logger.rows + rows)
-            stopping = bool(patience and stale >= patience)
+            stopped = stop_reason(logger.rows + rows, patience, stop_at)
+            stopping = stopped is not None
             if stopping:
-                rows[-1]["stopped"] = f"{stale} evaluations without a new best"
+                rows[-1]["stopped"] = stopped
             logger.log(rows)
             if (
                 checkpoint_dir is not None

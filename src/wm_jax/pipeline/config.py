@@ -178,6 +178,7 @@ _RANGES = {
     ("iterate", "iterations"): (0, 1000),
     ("iterate", "episodes"): (0, None),
     ("mdn_rnn", "reward_min"): (None, None),
+    ("evolve", "stop_at_return"): (None, None),
     ("kernels", "es_blas_threads"): (-1, 4096),
 }
 _ZERO_ALLOWED = (
