@@ -22,6 +22,18 @@ from wm_jax.core import runtime  # noqa: E402
 runtime.tune_malloc()  # the suite runs XLA:CPU as the entry points do (faster: no page faults)
 
 
+@pytest.fixture(autouse=True)
+def default_kernels():
+    """Every test starts on the backend's default kernels (`wm_jax.core.kernels`): a run with
+    `--set kernels.*` sets the process's choice, which would otherwise reach the tests after it
+    in the same worker (V's XLA convolutions differ from the default ones by float32 rounding,
+    and by batch size)."""
+    from wm_jax.core import kernels
+
+    with kernels.using(kernels.KernelsConfig()):
+        yield
+
+
 @pytest.fixture(scope="session")
 def doom_smoke_run(tmp_path_factory):
     """One finished `doom_take_cover --scale smoke` run (real Doom), shared by the end-to-end

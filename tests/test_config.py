@@ -151,6 +151,9 @@ def test_expected_wall_time_counts_the_iterations_asked_for():
     two = expected_wall_time("doom_take_cover", "small", iterations=2)
     assert "about 158 min" in two and "× 2" in two
     assert "not measured" in expected_wall_time("minatar_breakout", "small")
+    # C trained in the real game is another pipeline (no §5 rounds), timed apart.
+    assert "about 24 min" in expected_wall_time("car_racing", "small", train_in="real")
+    assert "about 49 min" in expected_wall_time("car_racing", "small")
 
 
 @pytest.mark.parametrize("experiment", ["doom_take_cover", "car_racing"])

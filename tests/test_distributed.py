@@ -31,25 +31,12 @@ def _env(device_count: int) -> dict:
 _ROUND = ["iterate.iterations=1", "iterate.episodes=4", "evaluate.publication_episodes=2"]
 
 
-@pytest.mark.slow
-def test_two_processes_run_the_experiment_command_as_one(minatar_smoke_run, tmp_path):
-    # `python -m wm_jax.experiment ... --coordinator --num-processes --process-id`, 2 devices
-    # each: V's and M's batches and C's population split over the 4 devices of both processes,
-    # the episodes collected and encoded in two shares, every later stage restoring V and M
-    # from checkpoints process 0 alone wrote, the run folder written by process 0 alone; then
-    # a §5 round (C's episodes collected in two shares, M and C over the 4 devices) and the
-    # publication step (process 0 plays, the other waits).
-    from wm_jax.pipeline import experiment
-
-    # The one-process reference: the shared smoke run, continued by the same round.
-    reference = tmp_path / "one"
-    shutil.copytree(minatar_smoke_run, reference, symlinks=True)
-    experiment.run("minatar_breakout", "smoke", reference, overrides=_ROUND, progress=False)
-    run_dir = tmp_path / "run"
+def _two_processes(run_dir, settings=()) -> list[tuple[str, str]]:
+    """The experiment command on 2 local processes of 2 devices each; their (stdout, stderr)."""
     coordinator = f"127.0.0.1:{_free_port()}"
     command = [sys.executable, "-m", "wm_jax.experiment", "minatar_breakout", "--scale"]
     command += ["smoke", "--run-dir", str(run_dir), "--no-progress"]
-    command += [arg for setting in _ROUND for arg in ("--set", setting)] + ["--coordinator"]
+    command += [arg for setting in settings for arg in ("--set", setting)] + ["--coordinator"]
     procs = [
         subprocess.Popen(
             [*command, coordinator, "--num-processes", "2", "--process-id", str(i)],
@@ -63,6 +50,21 @@ def test_two_processes_run_the_experiment_command_as_one(minatar_smoke_run, tmp_
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
+    return outs
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_experiment_command_as_one(minatar_smoke_run, tmp_path):
+    # `python -m wm_jax.experiment ... --coordinator --num-processes --process-id`, 2 devices
+    # each: V's and M's batches and C's population split over the 4 devices of both processes,
+    # the episodes collected and encoded in two shares, every later stage restoring V and M
+    # from checkpoints process 0 alone wrote, the run folder written by process 0 alone; then
+    # a §5 round (C's episodes collected in two shares, M and C over the 4 devices) and the
+    # publication step (process 0 plays, the other waits).
+    from wm_jax.pipeline import experiment
+
+    run_dir = tmp_path / "run"
+    outs = _two_processes(run_dir)
     assert "(2 processes)" in outs[0][0] and "[train_vae] done" in outs[1][0]
     one = json.loads((minatar_smoke_run / "results.json").read_text())
     two = json.loads((run_dir / "results.json").read_text())
@@ -88,7 +90,14 @@ def test_two_processes_run_the_experiment_command_as_one(minatar_smoke_run, tmp_
             (minatar_smoke_run / "metrics" / f"{name}.jsonl").read_text().splitlines()
         )
     assert (run_dir / "report" / "report.md").is_file()
-    # The round and the publication: the one-process figures.
+    # The same command with a round and the publication resumes the finished run; one process
+    # continues a copy of it the same way (the same parent: C's actions are discrete, so a C
+    # equal to float32 rounding could still play other episodes).
+    reference = tmp_path / "one"
+    shutil.copytree(run_dir, reference, symlinks=True)
+    outs = _two_processes(run_dir, _ROUND)
+    assert "[train_vae] complete, skipped" in outs[0][0]
+    experiment.run("minatar_breakout", "smoke", reference, overrides=_ROUND, progress=False)
     one, two = (json.loads((d / "results.json").read_text()) for d in (reference, run_dir))
     round_one, round_two = (d / "iterations" / "iter_1" for d in (reference, run_dir))
     collect_one, collect_two = (

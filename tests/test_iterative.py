@@ -84,7 +84,9 @@ def test_policy_without_noise_acts_like_the_batched_evaluation_step(factory_args
             np.array([t == 0, t == 0]),
             np.array([t, t], np.int32),
         )
-        np.testing.assert_allclose(actions[t], np.asarray(batched[0]), atol=1e-6)
+        # Equal to float32 rounding, which follows the batch (1 slot against 2) and the CPU's
+        # vector width: 2e-6 apart on an AVX-512 EPYC, after C's tanh saturates at times.
+        np.testing.assert_allclose(actions[t], np.asarray(batched[0]), atol=1e-5)
 
 
 def test_a_controller_collects_batched_as_it_plays_in_process(factory_args, tmp_path):

@@ -112,3 +112,44 @@ def test_the_vae_choice_reaches_v_with_the_same_codes():
     assert all(strides == (2, 2) for strides in seen["flax"]) and seen["flax"]
     assert all(strides == (1, 1) for strides in seen["fast"]) and seen["fast"]
     np.testing.assert_allclose(mu["fast"], mu["flax"], rtol=1e-4, atol=1e-4)
+
+
+def test_cached_builders_are_per_choice():
+    # A builder cached on its configs alone handed a function traced under an earlier choice
+    # to a later one (seen: the real-game policy step, V's convolutions 2e-6 apart).
+    from wm_jax.envs import controller_policy, real_rollout
+    from wm_jax.es import evolve
+    from wm_jax.train import mdn_rnn_train, vae_train
+
+    builds = []
+
+    @kernels.cache_per_choice()
+    def build(size):
+        builds.append((size, kernels.active()))
+        return object()
+
+    fast = kernels.KernelsConfig(vae_layers="fast", lstm="fused")
+    flax_scan = kernels.KernelsConfig(vae_layers="flax", lstm="scan")
+    with kernels.using(fast):
+        first = build(3)
+        assert build(3) is first  # the same choice: cached
+    with kernels.using(flax_scan):
+        other = build(3)
+    assert other is not first and [b[1].vae_layers for b in builds] == ["fast", "flax"]
+    with kernels.using(fast):
+        assert build(3) is first
+    # Every cached builder of jitted functions in the library is one of these.
+    for builder in (
+        vae_train.make_train,
+        mdn_rnn_train.make_train,
+        evolve.make_dream_evolver,
+        real_rollout._cached_policy_step,
+        controller_policy._policy_step,
+    ):
+        assert hasattr(builder, "cache_clear") and builder.__wrapped__.__name__ != "by_choice"
+    train_config = vae_train.VAETrainConfig(batch_size=2)
+    with kernels.using(fast):
+        a = vae_train.make_train(vae.VAEConfig(4), train_config)
+    with kernels.using(flax_scan):
+        b = vae_train.make_train(vae.VAEConfig(4), train_config)
+    assert a is not b

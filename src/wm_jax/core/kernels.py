@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import jax
 
@@ -117,3 +118,24 @@ def using(config: KernelsConfig) -> Iterator[None]:
 def active() -> KernelsConfig:
     """This process's choice, resolved for JAX's default backend."""
     return resolve(_active)
+
+
+def cache_per_choice(maxsize: int | None = None) -> Callable[[Callable], Callable]:
+    """`functools.lru_cache` whose key includes `active()`: a builder of jitted functions,
+    cached so that equal configs never retrace, must not hand back a function traced under
+    another choice (an earlier run's, a benchmark's) after `use` changed it."""
+
+    def decorate(build: Callable) -> Callable:
+        @functools.lru_cache(maxsize)
+        def by_choice(choice: KernelsConfig, *args, **kwargs):
+            del choice  # part of the cache key only; the build reads `active()` when traced
+            return build(*args, **kwargs)
+
+        @functools.wraps(build)
+        def cached(*args, **kwargs):
+            return by_choice(active(), *args, **kwargs)
+
+        cached.cache_clear = by_choice.cache_clear
+        return cached
+
+    return decorate

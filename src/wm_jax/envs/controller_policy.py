@@ -17,13 +17,13 @@ chosen action only near the bin edges at ±1/3).
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from wm_jax.core import kernels
 from wm_jax.models import controller, mdn_rnn
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def _episode_key_data(policy_seeds: Sequence[int]) -> np.ndarray:
     return np.asarray(jax.random.key_data(jax.vmap(jax.random.key)(seeds)))
 
 
-@functools.lru_cache(maxsize=8)
+@kernels.cache_per_choice(maxsize=8)
 def _policy_step(c_config, m_config, sample_z, noise):
     # One compiled step per process and configuration, shared by every episode it plays.
     from wm_jax.envs import real_rollout

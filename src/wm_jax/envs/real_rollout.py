@@ -19,7 +19,6 @@ is (`wm_jax.envs.collect`).
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from wm_jax.core import kernels
 from wm_jax.envs.base import PlayedEpisode
 from wm_jax.envs.env_pool import EnvPool, WorkerError
 from wm_jax.models import controller, mdn_rnn, vae
@@ -304,7 +304,7 @@ def _played(total: float, kept: list[list]) -> PlayedEpisode:
     )
 
 
-@functools.lru_cache(maxsize=16)
+@kernels.cache_per_choice(maxsize=16)
 def _cached_policy_step(c_config, m_config, sample_z, noise):
     # One jitted function per (controller, M) config, so repeated generations never retrace.
     return make_policy_step(c_config, m_config, sample_z, noise)

@@ -14,7 +14,6 @@ stopped.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,7 +26,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wm_jax import dream
-from wm_jax.core import distributed
+from wm_jax.core import distributed, kernels
 from wm_jax.core.devices import even_split
 from wm_jax.dream import rollout as dream_rollout
 from wm_jax.es import evolve_loop
@@ -261,7 +260,7 @@ def _population_mesh(config: EvolveConfig) -> Mesh | None:
     return Mesh(devices, ("pop",))
 
 
-@functools.lru_cache(maxsize=8)
+@kernels.cache_per_choice(maxsize=8)
 def make_dream_evolver(
     env: dream.DreamEnv, c_config: controller.ControllerConfig, config: EvolveConfig
 ) -> DreamEvolver:

@@ -177,7 +177,9 @@ def run(
         )
     # Process 0 locks the folder and logs into it; the others follow it (wm_jax.core.distributed).
     with run_folder.held(run_dir) if distributed.is_writer() else contextlib.nullcontext():
-        wall_time = expected_wall_time(experiment, scale, config.iterate.iterations)
+        wall_time = expected_wall_time(
+            experiment, scale, config.iterate.iterations, config.controller.train_in
+        )
         where = f" ({distributed.process_count()} processes)" if several else ""
         print(f"{experiment} at scale {scale} in {run_dir}{where}: {wall_time}", flush=True)
         prepare_run_dir(run_dir, config)

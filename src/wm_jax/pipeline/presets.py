@@ -276,22 +276,25 @@ def preset(
 
 
 # Measured end to end on a 2-core CPU (experiments/README.md has the stage times): minutes for
-# the first C's pipeline, and for each §5 round after it.
+# the first C's pipeline, and for each §5 round after it; by where C trains.
 _WALL_MINUTES = {
-    ("doom_take_cover", "small"): (78, 40),  # V quiet 1,301 s; each round 40 min; publication 5
-    ("car_racing", "small"): (49, 22),  # 20 selection tracks a round; 8 min of publication
+    ("doom_take_cover", "small", "dream"): (78, 40),  # V quiet 1,301 s; a round 40; publication 5
+    ("car_racing", "small", "dream"): (49, 22),  # 20 selection tracks a round; 8 of publication
+    ("car_racing", "small", "real"): (24, 0),  # C 498 s, 100 evaluation episodes 344 s
 }
 
 
-def expected_wall_time(experiment: str, scale: str, iterations: int = 0) -> str:
+def expected_wall_time(
+    experiment: str, scale: str, iterations: int = 0, train_in: str = "dream"
+) -> str:
     """What the run should take on a 2-core CPU, as measured (or the scale's rough size)."""
     if scale == "smoke":
         return "expected wall time: a few minutes on a CPU"
     if scale == "paper":
         return "expected wall time: days on a CPU (the paper's scale; use a GPU or TPU)"
-    if (experiment, scale) not in _WALL_MINUTES:
+    if (experiment, scale, train_in) not in _WALL_MINUTES:
         return "expected wall time on a 2-core CPU: not measured yet"
-    first, per_round = _WALL_MINUTES[experiment, scale]
+    first, per_round = _WALL_MINUTES[experiment, scale, train_in]
     total = first + iterations * per_round
     rounds = f", {first} min then {per_round} min per §5 round × {iterations}" if iterations else ""
     return f"expected wall time on a 2-core CPU: about {total} min{rounds}"

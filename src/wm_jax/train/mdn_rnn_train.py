@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wm_jax.core import kernels
 from wm_jax.models import mdn_rnn
 from wm_jax.models.lstm import LSTMState
 from wm_jax.models.mdn_rnn import (
@@ -217,7 +217,9 @@ def make_optimizer(train_config: MDNTrainConfig) -> optax.GradientTransformation
     return optax.chain(clip, optax.adam(learning_rate_schedule(train_config)))
 
 
-@functools.cache  # configs are frozen and hashable: equal configs share one compiled step
+# Configs are frozen and hashable: equal configs share one compiled step (one per kernel
+# choice, wm_jax.core.kernels).
+@kernels.cache_per_choice()
 def make_train(config: MDNRNNConfig, train_config: MDNTrainConfig):
     """Returns jitted (init_state(key) -> MDNTrainState, train_step(key, state, batch)).
 

@@ -9,7 +9,6 @@ the device).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from wm_jax.core import kernels
 from wm_jax.models import vae
 from wm_jax.train import training_loop
 
@@ -44,7 +44,9 @@ class VAETrainState(flax.struct.PyTreeNode):
     step: jax.Array  # () int32
 
 
-@functools.cache  # configs are frozen dataclasses: repeated `train` calls reuse the compiled step
+# Configs are frozen dataclasses: repeated `train` calls reuse the compiled step (one per
+# kernel choice, wm_jax.core.kernels).
+@kernels.cache_per_choice()
 def make_train(
     config: vae.VAEConfig, train_config: VAETrainConfig, *, impl: vae.Impl = "auto"
 ) -> tuple[
