@@ -396,3 +396,16 @@ def test_device_overhead_measures_and_compares_alternating_processes(monkeypatch
     record = device_overhead.run(devices=4, rounds=2, tiny=True)
     assert order == [1, 4, 1, 4]
     assert record["ratio"] == pytest.approx(dict.fromkeys(names, 0.95)) and record["pass"]
+
+
+def test_xla_flag_sets_each_run_in_their_own_process_against_the_default():
+    from benchmarks import xla_flags
+
+    sets = {"default": "", "bad": "--no_such_xla_flag"}
+    record = xla_flags.run(tiny=True, flag_sets=sets, rounds=1)
+    rows = record["rows"]
+    assert rows["default"]["vae_images_vs_default"] == 1.0
+    assert rows["default"]["mdn_doom_timesteps_vs_default"] == 1.0
+    assert rows["default"]["dream_doom_steps_per_s"] > 0
+    assert "error" in rows["bad"]  # XLA refuses an unknown flag at start-up: recorded
+    assert set(xla_flags.FLAG_SETS) >= {"default", "onednn", "xnnpack"}
