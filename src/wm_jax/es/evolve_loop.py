@@ -88,11 +88,12 @@ def stale_evaluations(rows: list[dict]) -> int:
 
 def stop_reason(rows: list[dict], patience: int, stop_at: float | None) -> str | None:
     """Why the loop stops after these log rows (a resumed run's included), or None."""
-    if patience and stale_evaluations(rows) >= patience:
-        return f"{stale_evaluations(rows)} evaluations without a new best"
-    evals = [row["eval_return"] for row in rows if "eval_return" in row]
-    if stop_at is not None and evals and max(evals) >= stop_at:
-        return f"an evaluation of {max(evals):.1f} reached stop_at_return={stop_at}"
+    stale = stale_evaluations(rows)
+    if patience and stale >= patience:
+        return f"{stale} evaluations without a new best"
+    best = max((row["eval_return"] for row in rows if "eval_return" in row), default=None)
+    if stop_at is not None and best is not None and best >= stop_at:
+        return f"an evaluation of {best:.1f} reached stop_at_return={stop_at}"
     return None
 
 

@@ -170,7 +170,7 @@ def collect_new(config, paths, previous, iteration: int, episodes: int, noise: f
         )
     first = block * INDEX_OFFSET
     if distributed.is_writer():
-        linked = links.link_store(previous.episodes, paths.episodes)
+        links.link_store(previous.episodes, paths.episodes)
         for index in new.indices():
             links.link_file(new.path(index), episode_path(paths.episodes, first + index))
         store = EpisodeStore(paths.episodes)  # opening it records the new files in its manifest

@@ -127,8 +127,9 @@ def run_iterations(config: cfg.ExperimentConfig, run_dir: Path, progress: bool) 
         warm_start=not settings.fresh_controller,
         progress=progress,
     )
-    results = json.loads((run_dir / "results.json").read_text())
+    results: dict[str, Any] = {}  # the others read process 0's once written (`_shared`)
     if distributed.is_writer():
+        results = json.loads((run_dir / "results.json").read_text())
         print(write_summary(run_dir / "iterations", rows), flush=True)
         results["iterations"] = rows
         results["final"] = {"iteration": rows[-1]["iteration"], **rows[-1]["real"]}
