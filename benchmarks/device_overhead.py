@@ -21,12 +21,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.9  # N devices at ≥ 90 % of one device's rate
 
 
@@ -87,24 +85,14 @@ def measure(tiny: bool) -> dict[str, float]:
 
 
 def _worker(count: int, tiny: bool) -> dict[str, float]:
+    from benchmarks import harness
+
     flags = os.environ.get("XLA_FLAGS", "")
-    env = os.environ | {
+    env = {
         "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}".strip(),
         "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": os.pathsep.join(
-            [str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
     }
-    command = [sys.executable, "-m", "benchmarks.device_overhead", "--worker"]
-    done = subprocess.run(
-        command + (["--tiny"] if tiny else []),
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return harness.run_worker("benchmarks.device_overhead", env, ("--tiny",) if tiny else ())
 
 
 def run(devices: int = 4, rounds: int = 2, tiny: bool = False) -> dict[str, Any]:

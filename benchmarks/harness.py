@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ import numpy as np
 from benchmarks import report
 
 RESULTS_DIR = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,3 +245,22 @@ def progress(label: str, row: dict[str, Any]) -> None:
     )
     shown = ", ".join(f"{k} {report.fmt(row[k])}" for k in keys if k in row)
     print(f"  {label}: {shown}", file=sys.stderr, flush=True)
+
+
+def run_worker(
+    module: str, env: dict[str, str], args: tuple[str, ...] = (), timeout: float | None = None
+) -> dict[str, Any]:
+    """`python -m module --worker *args` in a fresh process (XLA reads its flags once, at
+    start-up) with `env` over this one's and the repository on the path; the JSON record it
+    prints last. A failed worker raises `subprocess.CalledProcessError` (its stderr attached)."""
+    path = os.pathsep.join([str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--worker", *args],
+        env=os.environ | {"PYTHONPATH": path} | env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -78,17 +77,16 @@ def run(tiny: bool = False, flag_sets: dict[str, str] = FLAG_SETS, rounds: int =
     ratio to "default"."""
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in flag_sets}
     errors: dict[str, str] = {}
-    root = Path(__file__).resolve().parents[1]
     for _ in range(rounds):
         for name, flags in flag_sets.items():
-            env = dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=str(root))
-            command = [sys.executable, "-m", "benchmarks.xla_flags", "--worker"]
-            command += ["--tiny"] if tiny else []
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-            if done.returncode != 0:
-                errors[name] = done.stderr[-300:]
+            args = ("--tiny",) if tiny else ()
+            try:
+                env = {"XLA_FLAGS": flags}
+                sample = harness.run_worker("benchmarks.xla_flags", env, args, timeout=900)
+            except subprocess.CalledProcessError as error:  # e.g. a flag XLA refuses
+                errors[name] = error.stderr[-300:]
                 continue
-            samples[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            samples[name].append(sample)
             print(f"  {name}: {samples[name][-1]}", file=sys.stderr, flush=True)
     rows: dict[str, Any] = {}
     for name, flags in flag_sets.items():
