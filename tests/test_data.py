@@ -343,19 +343,30 @@ def random_vae_params(seed: int, latent_dim: int = 4):
 
 
 def test_encode_store_matches_vae_and_resumes(tmp_path):
-    store = make_store(tmp_path / "frames", [5, 11])
+    # Batches of 8 over episodes of 5, 11 and 3 frames: every batch but the last spans two
+    # episodes, so codes handed back to the wrong episode or frame cannot pass.
+    store = make_store(tmp_path / "frames", [5, 11, 3])
+    rng = np.random.default_rng(1)
+    for index in store.indices():
+        episode = store.read(index)
+        store.write(
+            index, episode._replace(frames=rng.integers(0, 256, episode.frames.shape, np.uint8))
+        )
     params = random_vae_params(0)
     out = EpisodeStore(tmp_path / "encoded")
     summary = encode_store(params, store, out, batch_size=8, progress=False)
-    assert (summary["encoded"], summary["frames"]) == (2, 16)
-    encoded = out.read(1)
-    assert encoded.mu.shape == encoded.logvar.shape == (11, 4) and encoded.mu.dtype == np.float32
-    mu, logvar = jax.jit(vae.encode)(params, vae.frames_to_float(store.read(1).frames))
-    np.testing.assert_allclose(encoded.mu, mu, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(encoded.logvar, logvar, rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(encoded.actions, store.read(1).actions)
+    assert (summary["encoded"], summary["frames"]) == (3, 19)
+    assert out.read(1).mu.shape == out.read(1).logvar.shape == (11, 4)
+    assert out.read(1).mu.dtype == np.float32
+    for index, length in zip(store.indices(), [5, 11, 3], strict=True):
+        encoded = out.read(index)
+        mu, logvar = jax.jit(vae.encode)(params, vae.frames_to_float(store.read(index).frames))
+        assert encoded.mu.shape == (length, 4)
+        np.testing.assert_allclose(encoded.mu, mu, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(encoded.logvar, logvar, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(encoded.actions, store.read(index).actions)
     again = encode_store(params, store, EpisodeStore(tmp_path / "encoded"), progress=False)
-    assert (again["encoded"], again["already_done"]) == (0, 2)
+    assert (again["encoded"], again["already_done"]) == (0, 3)
     other = random_vae_params(1)
     with pytest.raises(ValueError, match="other VAE parameters"):
         encode_store(other, store, out, progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,54 @@ def _bucket(num_frames: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(num_frames - 1, 0).bit_length())
 
 
+class _Packer:
+    """Frames of consecutive episodes through V in full batches (no padding but the last).
+
+    Episodes are a few hundred frames long: one padded batch per episode wasted up to half of
+    V's work. Codes come back per episode, in the order added, once its last frame is through.
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], tuple[Any, Any]], batch_size: int):
+        self.run, self.batch_size = run, batch_size
+        self.waiting: list[tuple[Any, int]] = []  # (tag, frames) not yet handed back, in order
+        self.frames: list[np.ndarray] = []  # frames not yet through V
+        self.num_frames = 0
+        self.codes: list[tuple[Any, Any]] = []  # (mu, logvar) chunks not yet handed back
+        self.num_codes = 0
+
+    def add(self, tag: Any, frames: np.ndarray) -> None:
+        self.waiting.append((tag, len(frames)))
+        self.frames.append(frames)
+        self.num_frames += len(frames)
+        while self.num_frames >= self.batch_size:
+            self._encode(self.batch_size)
+
+    def _encode(self, count: int) -> None:
+        frames = np.concatenate(self.frames)
+        self.frames = [frames[count:]]
+        self.num_frames -= count
+        self.codes.append(self.run(frames[:count]))  # dispatched; read back in ready()
+        self.num_codes += count
+
+    def ready(self) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+        """(tag, mu (T, Z), logvar (T, Z)) of every episode whose frames are all encoded."""
+        out = []
+        while self.waiting and self.waiting[0][1] <= self.num_codes:
+            tag, length = self.waiting.pop(0)
+            mu, logvar = (
+                np.concatenate([np.asarray(c[i], np.float32) for c in self.codes]) for i in (0, 1)
+            )
+            self.codes = [(mu[length:], logvar[length:])]
+            self.num_codes -= length
+            out.append((tag, mu[:length], logvar[:length]))
+        return out
+
+    def finish(self) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+        if self.num_frames:
+            self._encode(self.num_frames)
+        return self.ready()
+
+
 def encode_store(
     vae_params: Any,
     store: EpisodeStore,
@@ -50,8 +99,8 @@ def encode_store(
 
     Resumable: episodes already in `out_store` are kept, provided it was made by the same V
     (checked by a fingerprint of the parameters in its meta.json; a different V raises). Frames
-    go through a jitted `vae.encode` in chunks of at most `batch_size`. Corrupt source episodes
-    are skipped with a warning (or raise if `store.strict`). With a `mesh`
+    go through a jitted `vae.encode` in full batches of `batch_size`, across episodes. Corrupt
+    source episodes are skipped with a warning (or raise if `store.strict`). With a `mesh`
     (`wm_jax.core.devices.data_mesh`) each chunk is split over its devices, V replicated.
     `share=(i, N)`: only every N-th episode still to encode, from the i-th (one process of N).
 
@@ -83,24 +132,33 @@ def encode_store(
         mirror_missing = mirror_signs is not None and not out_store.has(MIRROR_OFFSET + index)
         return not out_store.has(index) or mirror_missing
 
-    def codes(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mus, logvars = [], []
-        for begin in range(0, len(frames), batch_size):
-            chunk = frames[begin : begin + batch_size]
-            size = -(-_bucket(len(chunk), batch_size) // parts) * parts  # splits evenly
-            padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
-            padded[: len(chunk)] = chunk
-            mu, logvar = encode(vae_params, devices.shard_batch(padded, mesh))
-            mus.append(np.asarray(mu[: len(chunk)], np.float32))
-            logvars.append(np.asarray(logvar[: len(chunk)], np.float32))
-        return np.concatenate(mus), np.concatenate(logvars)
+    def run(frames: np.ndarray) -> tuple[Any, Any]:  # (n <= batch_size, 64, 64, 3) -> codes
+        size = -(-_bucket(len(frames), batch_size) // parts) * parts  # splits evenly
+        padded = np.zeros((size, *frames.shape[1:]), np.uint8)
+        padded[: len(frames)] = frames
+        mu, logvar = encode(vae_params, devices.shard_batch(padded, mesh))
+        return mu[: len(frames)], logvar[: len(frames)]
 
+    packer = _Packer(run, batch_size)
     signs = None if mirror_signs is None else np.asarray(mirror_signs, np.float32)
     todo = [index for index in store.indices() if missing(index)]
     summary = {"encoded": 0, "already_done": len(store) - len(todo), "skipped_corrupt": 0}
     todo = todo[share[0] :: share[1]]  # this process's share (wm_jax.core.distributed)
     summary["frames"] = 0
     start = last_flush = time.perf_counter()
+
+    def write(tag: tuple[int, bool, Episode], mu: np.ndarray, logvar: np.ndarray) -> None:
+        index, mirrored, episode = tag
+        if mirrored:
+            actions = (episode.actions * signs).astype(np.float32)
+            out_store.write(
+                MIRROR_OFFSET + index,
+                EncodedEpisode(mu, logvar, actions, *episode[2:]),
+                flush=False,
+            )
+        else:
+            out_store.write(index, EncodedEpisode(mu, logvar, *episode[1:]), flush=False)
+
     for index in tqdm(todo, unit="ep", disable=not progress, desc="encode"):
         episode = store.read_or_skip(index)
         if episode is None:
@@ -109,19 +167,17 @@ def encode_store(
         if not isinstance(episode, Episode):
             raise ValueError(f"{store.path(index)} is already encoded")
         if not out_store.has(index):
-            encoded = EncodedEpisode(*codes(episode.frames), *episode[1:])
-            out_store.write(index, encoded, flush=False)
-        if signs is not None:
-            mirrored = EncodedEpisode(
-                *codes(np.ascontiguousarray(episode.frames[:, :, ::-1])),  # flip the width axis
-                (episode.actions * signs).astype(np.float32),
-                *episode[2:],
-            )
-            out_store.write(MIRROR_OFFSET + index, mirrored, flush=False)
+            packer.add((index, False, episode), episode.frames)
+        if signs is not None and not out_store.has(MIRROR_OFFSET + index):  # flip the width
+            packer.add((index, True, episode), np.ascontiguousarray(episode.frames[:, :, ::-1]))
+        for done in packer.ready():
+            write(*done)
         summary["encoded"] += 1
         summary["frames"] += len(episode.frames)
         if time.perf_counter() - last_flush > _FLUSH_SECONDS:
             out_store.flush()
             last_flush = time.perf_counter()
+    for done in packer.finish():
+        write(*done)
     out_store.flush()
     return summary | {"seconds": time.perf_counter() - start}
