@@ -409,3 +409,20 @@ def test_xla_flag_sets_each_run_in_their_own_process_against_the_default():
     assert rows["default"]["dream_doom_steps_per_s"] > 0
     assert "error" in rows["bad"]  # XLA refuses an unknown flag at start-up: recorded
     assert set(xla_flags.FLAG_SETS) >= {"default", "onednn", "xnnpack"}
+
+
+def test_step_breakdown_times_every_cumulative_part(tmp_path):
+    from benchmarks import step_breakdown
+
+    step_breakdown.main(["--tiny", "--only", "mdn", "--out-dir", str(tmp_path)])
+    (written,) = tmp_path.glob("*-breakdown-tiny.json")
+    rows = json.loads(written.read_text())["median_s"]
+    assert set(rows) == {"mdn_car_racing", "mdn_doom"}
+    for name, parts in rows.items():
+        game = name.removeprefix("mdn_")
+        jax_parts = sorted(k for k in parts if k.startswith("jax "))
+        assert [k.split(" ")[1] for k in jax_parts] == ["1", "2", "3", "4"], jax_parts
+        assert all(f"({game}" in k for k in jax_parts)
+        assert all(v > 0 for v in parts.values())
+    table = step_breakdown.markdown(rows)
+    assert table.count("\n") == 1 + 8  # header, rule, four parts per game
