@@ -33,7 +33,7 @@ from wm_jax.train import mdn_rnn_train, vae_train
 
 
 def _jit_call(fn: Callable, *args) -> Callable[[], Any]:
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled, _ = harness.compile_jit(fn, *args)
     return lambda: harness.block(compiled(*args))
 
 

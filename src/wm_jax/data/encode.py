@@ -57,7 +57,7 @@ class _Packer:
             self._encode(self.batch_size)
 
     def _encode(self, count: int) -> None:
-        frames = np.concatenate(self.frames)
+        frames = self.frames[0] if len(self.frames) == 1 else np.concatenate(self.frames)
         self.frames = [frames[count:]]
         self.num_frames -= count
         self.codes.append(self.run(frames[:count]))  # dispatched; read back in ready()
@@ -65,15 +65,19 @@ class _Packer:
 
     def ready(self) -> list[tuple[Any, np.ndarray, np.ndarray]]:
         """(tag, mu (T, Z), logvar (T, Z)) of every episode whose frames are all encoded."""
-        out = []
-        while self.waiting and self.waiting[0][1] <= self.num_codes:
+        if not self.waiting or self.waiting[0][1] > self.num_codes:
+            return []
+        # One read-back of every chunk through V so far, then one slice per finished episode.
+        mu, logvar = (
+            np.concatenate([np.asarray(c[i], np.float32) for c in self.codes]) for i in (0, 1)
+        )
+        out, begin = [], 0
+        while self.waiting and self.waiting[0][1] <= self.num_codes - begin:
             tag, length = self.waiting.pop(0)
-            mu, logvar = (
-                np.concatenate([np.asarray(c[i], np.float32) for c in self.codes]) for i in (0, 1)
-            )
-            self.codes = [(mu[length:], logvar[length:])]
-            self.num_codes -= length
-            out.append((tag, mu[:length], logvar[:length]))
+            out.append((tag, mu[begin : begin + length], logvar[begin : begin + length]))
+            begin += length
+        self.codes = [(mu[begin:], logvar[begin:])]
+        self.num_codes -= begin
         return out
 
     def finish(self) -> list[tuple[Any, np.ndarray, np.ndarray]]:
