@@ -27,6 +27,7 @@ from benchmarks import (  # noqa: E402
     run,
     training_speed,
 )
+from wm_jax.core import kernels  # noqa: E402
 from wm_jax.models import (
     controller,
     mdn_rnn,
@@ -426,3 +427,17 @@ def test_step_breakdown_times_every_cumulative_part(tmp_path):
         assert all(v > 0 for v in parts.values())
     table = step_breakdown.markdown(rows)
     assert table.count("\n") == 1 + 8  # header, rule, four parts per game
+
+
+def test_vae_library_times_both_choices_of_each_program(tmp_path, capsys):
+    from benchmarks import vae_library
+
+    vae_library.main(["--tiny", "--out-dir", str(tmp_path)])
+    (path,) = tmp_path.glob("*-vae-library-tiny.json")
+    record = json.loads(path.read_text())
+    programs = ["V train step", "V encode", "M train step car_racing", "M train step doom"]
+    assert set(record["timings"]) == {f"{p}, {c}" for p in programs for c in ("eigen", "xla")}
+    assert all(t["median_s"] > 0 for t in record["timings"].values())
+    assert record["auto"] == kernels.active().vae_library
+    table = capsys.readouterr().out
+    assert all(f"| {p} |" in table for p in programs)

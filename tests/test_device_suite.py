@@ -39,7 +39,12 @@ def test_tiny_suite_writes_every_measurement(tmp_path):
     for game in ("car_racing", "doom"):
         assert saved["mdn"]["2"][game]["wm_jax"]["timesteps_per_s"] > 0
     chosen = saved["kernels"]  # both implementations of each backend-chosen kernel
-    assert chosen["auto"] == {"vae_layers": "fast", "lstm": "fused", "es_blas_threads": 1}
+    assert chosen["auto"] == {
+        "vae_layers": "fast",
+        "lstm": "fused",
+        "es_blas_threads": 1,
+        "vae_library": "eigen",
+    }
     for option in ("vae_layers=fast", "vae_layers=flax"):
         assert chosen[option]["wm_jax"]["images_per_s"] > 0
     for option in ("lstm=fused", "lstm=scan"):

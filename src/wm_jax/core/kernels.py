@@ -11,13 +11,24 @@ Three choices, each made from `jax.default_backend()` unless the experiment conf
   values and gradients (tests/test_lstm.py).
 - `es_blas_threads`: BLAS threads while CMA-ES runs (its covariance decomposition); 0 leaves
   the library's default.
+- `vae_library`: which of XLA:CPU's libraries runs V's programs (its train step, the encoding
+  of a store, V inside a real-game policy step). "eigen" compiles them with XLA:CPU's YNNPACK
+  fusions off (`xla_cpu_experimental_ynn_fusion_type` empty), so convolutions and matmuls run
+  in XLA's Eigen runtime; "xla" keeps XLA's own default (since jax 0.10 on a CPU, YNNPACK for
+  most convolutions and dots). A per-program compiler option, never a process-wide flag: M's
+  programs and the dream keep the default.
 
 What "auto" means per backend, and the measurement behind it:
 
 - cpu: vae_layers "fast" (3.5× V training, benchmarks/vae_decoder_profile.py); lstm "fused"
   (+10-25 % M training, −25 % memory, benchmarks/mdn_rnn_profile.py); es_blas_threads 1 (9.0 s
   → 0.13 s per decomposition at D = 1,088: OpenBLAS's threads fight XLA's).
-- gpu, tpu: vae_layers "flax", lstm "fused", es_blas_threads 0.
+  vae_library "eigen" (jax 0.10.2, 2-core AMD EPYC, both settings timed alternately in one
+  process: V's train step 472 -> 330 ms at batch 100, 1.43x; encoding 1,133 -> 3,616 frames/s
+  at batch 1,024, 3.2x; M's train step unchanged, 296 / 823 ms either way, so M keeps the
+  default). YNNPACK ran V's convolutions at 16-97 GFLOP/s (the per-op profile and
+  `benchmarks/vae_library.py` in benchmarks/README.md).
+- gpu, tpu: vae_layers "flax", lstm "fused", es_blas_threads 0, vae_library "xla".
 
 The GPU and TPU rows are not measured yet (no accelerator has been lent to this project):
 "fast" exists only because XLA:CPU lowers strided and transposed convolutions' gradients to slow
@@ -41,7 +52,13 @@ from collections.abc import Callable, Iterator
 import jax
 
 AUTO = "auto"
-CHOICES = {"vae_layers": (AUTO, "fast", "flax"), "lstm": (AUTO, "fused", "scan")}
+CHOICES = {
+    "vae_layers": (AUTO, "fast", "flax"),
+    "lstm": (AUTO, "fused", "scan"),
+    "vae_library": (AUTO, "eigen", "xla"),
+}
+# XLA:CPU's DebugOptions field that routes ops to YNNPACK; an empty list turns it off.
+_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +68,14 @@ class KernelsConfig:
     vae_layers: str = AUTO  # auto, fast (stride-1 rewrite), flax (nn.Conv / nn.ConvTranspose)
     lstm: str = AUTO  # auto, fused (cuDNN-style backward), scan (autodiff of lax.scan)
     es_blas_threads: int = -1  # -1 auto; 0 the BLAS library's default; N threads
+    vae_library: str = AUTO  # auto, eigen (XLA:CPU without YNNPACK fusions), xla (its default)
 
 
 _BY_BACKEND = {
-    "cpu": KernelsConfig(vae_layers="fast", lstm="fused", es_blas_threads=1),
-    "accelerator": KernelsConfig(vae_layers="flax", lstm="fused", es_blas_threads=0),
+    "cpu": KernelsConfig(vae_layers="fast", lstm="fused", es_blas_threads=1, vae_library="eigen"),
+    "accelerator": KernelsConfig(
+        vae_layers="flax", lstm="fused", es_blas_threads=0, vae_library="xla"
+    ),
 }
 _active = KernelsConfig()
 
@@ -86,6 +106,7 @@ def resolve(config: KernelsConfig, backend: str | None = None) -> KernelsConfig:
     return KernelsConfig(
         vae_layers=row.vae_layers if config.vae_layers == AUTO else config.vae_layers,
         lstm=row.lstm if config.lstm == AUTO else config.lstm,
+        vae_library=row.vae_library if config.vae_library == AUTO else config.vae_library,
         es_blas_threads=(
             row.es_blas_threads if config.es_blas_threads == -1 else config.es_blas_threads
         ),
@@ -139,3 +160,29 @@ def cache_per_choice(maxsize: int | None = None) -> Callable[[Callable], Callabl
         return cached
 
     return decorate
+
+
+def vae_compiler_options() -> dict[str, str] | None:
+    """`jax.jit(..., compiler_options=...)` for V's programs under the active `vae_library`.
+
+    None (XLA's defaults) for "xla", and also for "eigen" where this jaxlib does not know the
+    option (it is experimental: an older or newer XLA may lack it; then V runs as XLA chooses).
+    """
+    if active().vae_library != "eigen" or not _option_supported(_YNN_OPTION, ""):
+        return None
+    return {_YNN_OPTION: ""}
+
+
+def jit_vae(fn: Callable, **jit_kwargs) -> Callable:
+    """``jax.jit(fn, **jit_kwargs)`` compiled with `vae_compiler_options` (read now, at the
+    call: build the jitted function after `use`, as the cached builders do)."""
+    return jax.jit(fn, compiler_options=vae_compiler_options(), **jit_kwargs)
+
+
+@functools.cache
+def _option_supported(name: str, value: str) -> bool:
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(1.0).compile()
+    except Exception:  # jaxlib's error for an unknown option or value (its type varies)
+        return False
+    return True

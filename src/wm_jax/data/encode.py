@@ -112,10 +112,9 @@ def encode_store(
         counts: encoded (this call, this share), already_done (before it), skipped_corrupt,
         frames, seconds.
     """
-    import jax
     from tqdm.auto import tqdm
 
-    from wm_jax.core import devices
+    from wm_jax.core import devices, kernels
     from wm_jax.models import vae
 
     fingerprint = params_fingerprint(vae_params)
@@ -128,7 +127,7 @@ def encode_store(
     vae_params = devices.replicate(vae_params, mesh)
     parts = devices.device_count(mesh)
 
-    @jax.jit
+    @kernels.jit_vae  # XLA:CPU's Eigen convolutions: 3x YNNPACK's here (wm_jax.core.kernels)
     def encode(params, frames):  # (N, 64, 64, 3) uint8 -> (N, Z), (N, Z)
         return vae.encode(params, vae.frames_to_float(frames))
 

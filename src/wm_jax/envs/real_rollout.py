@@ -87,7 +87,7 @@ def make_policy_step(
         raise ValueError(f"controller {c_config} does not match M {m_config}")
     unflatten = controller.unflatten_fn(c_config)
 
-    @jax.jit
+    @kernels.jit_vae  # V's encoder runs in this program (wm_jax.core.kernels)
     def policy_step(key_data, vae_params, m_params, flat_params, memory, frames, restart, steps):
         mu, logvar = vae.encode(vae_params, vae.frames_to_float(frames))
         keys = jax.vmap(lambda k, t: jax.random.fold_in(jax.random.wrap_key_data(k), t))(

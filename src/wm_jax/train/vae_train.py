@@ -74,7 +74,7 @@ def make_train(
         params = optax.apply_updates(state.params, updates)
         return VAETrainState(params, opt_state, state.step + 1), metrics
 
-    return init_state, jax.jit(train_step, donate_argnums=1)
+    return init_state, kernels.jit_vae(train_step, donate_argnums=1)
 
 
 def train(
