@@ -205,10 +205,12 @@ def time_torch(tch: Torch, call: Callable[[], Any], settings: Settings) -> dict[
     return timing
 
 
-def compile_jit(fn: Callable, *args) -> tuple[Callable, float]:
+def compile_jit(
+    fn: Callable, *args, compiler_options: dict[str, str] | None = None
+) -> tuple[Callable, float]:
     """(compiled, seconds to trace, lower and compile `jax.jit(fn)` for `args`)."""
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jax.jit(fn, compiler_options=compiler_options).lower(*args).compile()
     return compiled, time.perf_counter() - start
 
 

@@ -27,13 +27,14 @@ import numpy as np
 
 from benchmarks import harness, peak
 from benchmarks.training_speed import MDN_GAMES, sequence_batch
+from wm_jax.core import kernels
 from wm_jax.core.checkpoint import atomic_write_json
 from wm_jax.models import mdn_rnn, vae
 from wm_jax.train import mdn_rnn_train, vae_train
 
 
-def _jit_call(fn: Callable, *args) -> Callable[[], Any]:
-    compiled, _ = harness.compile_jit(fn, *args)
+def _jit_call(fn: Callable, *args, options: dict[str, str] | None = None) -> Callable[[], Any]:
+    compiled, _ = harness.compile_jit(fn, *args, compiler_options=options)
     return lambda: harness.block(compiled(*args))
 
 
@@ -53,10 +54,15 @@ def vae_parts(batch: int, tch: harness.Torch | None) -> dict[str, Callable[[], A
         state["s"], metrics = compiled_step(key, state["s"], jnp.asarray(frames))
         harness.block(metrics)
 
+    options = kernels.vae_compiler_options()  # as V's own programs compile (kernels.jit_vae)
     calls = {
-        "jax 1 encode": _jit_call(vae.encode, params, x),
-        "jax 2 forward + loss": _jit_call(lambda p, x: loss(key, p, x)[0], params, x),
-        "jax 3 + backward": _jit_call(jax.grad(lambda p, x: loss(key, p, x)[0]), params, x),
+        "jax 1 encode": _jit_call(vae.encode, params, x, options=options),
+        "jax 2 forward + loss": _jit_call(
+            lambda p, x: loss(key, p, x)[0], params, x, options=options
+        ),
+        "jax 3 + backward": _jit_call(
+            jax.grad(lambda p, x: loss(key, p, x)[0]), params, x, options=options
+        ),
         "jax 4 + Adam (train_step)": step,
     }
     if tch is not None:
