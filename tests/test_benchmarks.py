@@ -441,3 +441,29 @@ def test_vae_library_times_both_choices_of_each_program(tmp_path, capsys):
     assert record["auto"] == kernels.active().vae_library
     table = capsys.readouterr().out
     assert all(f"| {p} |" in table for p in programs)
+
+
+def test_op_profile_maps_thunks_to_the_model_s_operations(tmp_path, capsys):
+    from benchmarks import op_profile
+
+    out = tmp_path / "profile.json"
+    op_profile.main(["vae", "--steps", "1", "--batch", "2", "--top", "5", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["program"] == "vae" and result["step_ms"] > 0
+    sources = [row["from"] for row in result["ops"]]
+    assert any("Encoder" in s for s in sources) and any("Decoder" in s for s in sources)
+    assert all(row["ms"] >= 0 for row in result["ops"])
+    assert capsys.readouterr().out.count("\n| ") == 1 + 5  # the header, then the top 5 ops
+
+
+def test_op_profile_times_asynchronous_thunks_to_their_end():
+    from benchmarks import op_profile
+
+    events = [
+        {"ph": "X", "name": "conv.1", "ts": 0.0, "dur": 1.0},  # launched, runs on
+        {"ph": "X", "name": "fusion.2", "ts": 2.0, "dur": 3.0},
+        {"ph": "X", "name": "end: conv.1", "ts": 9.0, "dur": 1.0},
+        {"ph": "X", "name": "not an op", "ts": 0.0, "dur": 50.0},
+    ]
+    times = op_profile.thunk_times(events, {"conv.1": (), "fusion.2": ()})
+    assert times == {"conv.1": 1.0 + 9.0, "fusion.2": 3.0}
