@@ -1,6 +1,6 @@
 """Which implementation each backend gets where the fastest one depends on the backend.
 
-Three choices, each made from `jax.default_backend()` unless the experiment config names one
+Four choices, each made from `jax.default_backend()` unless the experiment config names one
 (`--set kernels.vae_layers=flax`; the `kernels` section of `wm_jax.pipeline.config`):
 
 - `vae_layers`: V's stride-2 layers. "fast" computes them as stride-1 convolutions with
@@ -23,11 +23,11 @@ What "auto" means per backend, and the measurement behind it:
 - cpu: vae_layers "fast" (3.5× V training, benchmarks/vae_decoder_profile.py); lstm "fused"
   (+10-25 % M training, −25 % memory, benchmarks/mdn_rnn_profile.py); es_blas_threads 1 (9.0 s
   → 0.13 s per decomposition at D = 1,088: OpenBLAS's threads fight XLA's).
-  vae_library "eigen" (jax 0.10.2, 2-core AMD EPYC, both settings timed alternately in one
-  process: V's train step 472 -> 330 ms at batch 100, 1.43x; encoding 1,133 -> 3,616 frames/s
-  at batch 1,024, 3.2x; M's train step unchanged, 296 / 823 ms either way, so M keeps the
-  default). YNNPACK ran V's convolutions at 16-97 GFLOP/s (the per-op profile and
-  `benchmarks/vae_library.py` in benchmarks/README.md).
+  vae_library "eigen" (`benchmarks/vae_library.py`, jax 0.10.2, 2-core AMD EPYC, both
+  settings alternately in one process: V's train step 486 -> 333 ms at batch 100, 1.46x; the
+  encoding of 1,024 frames 1,448 -> 286 ms, 5.1x; M's train step within 1 % either way, so M
+  keeps the default). YNNPACK ran V's convolutions at 16-97 GFLOP/s (`benchmarks/op_profile.py`;
+  benchmarks/README.md).
 - gpu, tpu: vae_layers "flax", lstm "fused", es_blas_threads 0, vae_library "xla".
 
 The GPU and TPU rows are not measured yet (no accelerator has been lent to this project):

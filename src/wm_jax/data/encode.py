@@ -127,7 +127,7 @@ def encode_store(
     vae_params = devices.replicate(vae_params, mesh)
     parts = devices.device_count(mesh)
 
-    @kernels.jit_vae  # XLA:CPU's Eigen convolutions: 3x YNNPACK's here (wm_jax.core.kernels)
+    @kernels.jit_vae  # XLA:CPU's Eigen convolutions: 5x YNNPACK's here (wm_jax.core.kernels)
     def encode(params, frames):  # (N, 64, 64, 3) uint8 -> (N, Z), (N, Z)
         return vae.encode(params, vae.frames_to_float(frames))
 
