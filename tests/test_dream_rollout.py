@@ -26,7 +26,7 @@ def test_jit_equals_no_jit():
 
 
 def test_vmap_over_rollouts_equals_loop_and_compaction():
-    env, params = make(done_bias=-0.2)
+    env, params = make(done_bias=-0.1)
     keys = jax.random.split(jax.random.key(8), 16)
     c_params = jax.vmap(lambda k: controller.init_params(k, C_CONFIG, scale=0.5))(
         jax.random.split(jax.random.key(9), 16)

@@ -699,3 +699,26 @@ def test_bad_training_choices_raise_naming_the_field():
         mdn_rnn.forward_step(
             config, _params(SMALL), mdn_rnn.initial_state(SMALL), jnp.zeros(4), jnp.zeros(2)
         )
+
+
+def test_the_one_draw_uniform_and_normal_are_independent_with_the_right_laws():
+    # The dream's sampler draws the component's uniform and the noise from one threefry call
+    # (mdn_rnn._uniform_and_normal); they must be as jax.random.uniform / normal, independent.
+    from scipy import stats
+
+    u, noise = jax.jit(mdn_rnn._uniform_and_normal, static_argnums=1)(
+        jax.random.key(3), (50_000, 4)
+    )
+    u, noise = np.asarray(u).ravel(), np.asarray(noise).ravel()
+    assert u.min() >= 0.0 and u.max() < 1.0 and np.all(np.isfinite(noise))
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert stats.kstest(noise, "norm").pvalue > 1e-3
+    assert abs(np.corrcoef(u, noise)[0, 1]) < 0.01  # 200,000 pairs: σ of r is 0.0022
+    assert abs(np.corrcoef(u, noise**2)[0, 1]) < 0.01
+    low, high = noise[u < 0.5], noise[u >= 0.5]  # the noise's law does not depend on u
+    assert stats.ks_2samp(low, high).pvalue > 1e-3
+    # Another key gives other numbers; the same key the same ones.
+    again = jax.jit(mdn_rnn._uniform_and_normal, static_argnums=1)(jax.random.key(3), (50_000, 4))
+    other = jax.jit(mdn_rnn._uniform_and_normal, static_argnums=1)(jax.random.key(4), (50_000, 4))
+    np.testing.assert_array_equal(np.asarray(again[1]).ravel(), noise)
+    assert not np.allclose(np.asarray(other[1]).ravel(), noise)

@@ -208,19 +208,35 @@ def _sample(key, logits, mu, log_sigma, temperature, bound=lambda x: x) -> jax.A
     World Models §4.4: log π / τ, then noise × √τ. The component is drawn by inverse CDF, one
     uniform per latent dimension (Gumbel-max needs K logs of logs), and `bound` is applied to the
     chosen log σ only: the dream's sampling costs a softmax, not a log-softmax plus K clamps.
+    The uniform and the noise come from one random draw (`_uniform_and_normal`).
     """
-    key_component, key_noise = jax.random.split(key)
     temperature = jnp.asarray(temperature, jnp.float32)
     probs = jax.nn.softmax(logits / jnp.maximum(temperature, MIN_TEMPERATURE)[..., None, None])
     cdf = jnp.cumsum(probs, axis=-1)  # (..., Z, K)
-    u = jax.random.uniform(key_component, cdf.shape[:-1] + (1,), minval=1e-7)  # in (0, 1)
+    u, noise = _uniform_and_normal(key, cdf.shape[:-1])  # (..., Z) each
+    u = jnp.maximum(u, 1e-7)[..., None]  # in (0, 1)
     # Component k is chosen when cdf[k-1] < u <= cdf[k]; scaling by cdf[-1] absorbs rounding.
     component = jnp.sum(cdf[..., :-1] < u * cdf[..., -1:], axis=-1, keepdims=True)
     mu = jnp.take_along_axis(mu, component, axis=-1)[..., 0]
     log_sigma = bound(jnp.take_along_axis(log_sigma, component, axis=-1)[..., 0])
-    noise = jax.random.normal(key_noise, mu.shape)
     scale = jnp.sqrt(jnp.maximum(temperature, 0.0))[..., None]
     return mu + jnp.exp(log_sigma) * scale * noise
+
+
+def _uniform_and_normal(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """(u in [0, 1), standard normal), each `shape`, from one `jax.random.bits` draw.
+
+    The dream draws both every step; one draw of 2 × shape words is one threefry call where
+    `split` + `uniform` + `normal` are three (XLA:CPU runs each as its own rolled loop, which is
+    what a small batch of rollouts waits on). The words become floats as `jax.random.uniform`
+    and `jax.random.normal` make them: 23 mantissa bits, then √2 erfinv of (-1, 1).
+    """
+    bits = jax.random.bits(key, (2, *shape), jnp.uint32)
+    one = jnp.array(1.0, jnp.float32).view(jnp.uint32)
+    floats = jax.lax.bitcast_convert_type((bits >> 9) | one, jnp.float32) - 1.0  # [0, 1)
+    low = jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0))  # erfinv(-1) is -inf
+    symmetric = jnp.maximum(low, 2.0 * floats[1] - 1.0)
+    return floats[0], math.sqrt(2.0) * jax.scipy.special.erfinv(symmetric)
 
 
 def sample_next(key: jax.Array, output: MDNOutput, temperature: jax.Array | float) -> jax.Array:
