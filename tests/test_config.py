@@ -142,6 +142,17 @@ def test_car_racing_trains_c_in_the_dream_by_default_and_the_paper_way_is_one_fl
     assert real.collect == preset("car_racing", "small", train_in="real").collect
 
 
+def test_doom_small_stops_only_its_first_controller_early():
+    # The first C only points the §5 round's data collection; the round's C evolves in full.
+    from wm_jax.pipeline.iterative import iteration_config
+
+    first = preset("doom_take_cover", "small")
+    assert first.evolve.stop_after_stale_evals == 1 and first.evolve.stop_at_return == 2058.0
+    round_ = iteration_config(first, first.mdn_train.num_steps, 1, list(first.iterate.overrides))
+    assert round_.evolve.stop_after_stale_evals == 0 and round_.evolve.stop_at_return is None
+    assert round_.data.mirror and round_.evolve.eval_every == first.evolve.eval_every
+
+
 def test_expected_wall_time_counts_the_iterations_asked_for():
     from wm_jax.pipeline.presets import expected_wall_time
 

@@ -79,13 +79,15 @@ def doom_take_cover(
         # Every C is scored on the 100 selection seeds; the best plays the 100 publication seeds.
         evaluate=replace(config.evaluate, publication_episodes=100),
         # The first C's only use is to show the §5 round where C goes, so it stops once the ES
-        # mean reaches 98 % of the dream's 2,100 cap. In the 2026-12-03 run it scored 2,081 at
-        # generation 10 of 60 (1,110 of its 1,347 CMA-ES seconds went on generations 11-60);
-        # in the 2026-12-07 run its best was 1,569 and it ran all 60 (experiments/README.md).
-        evolve=replace(config.evolve, stop_at_return=2058.0),
+        # mean reaches 98 % of the dream's 2,100 cap, or at the first evaluation that does not
+        # beat the one before. In the 2026-12-03 run it scored 2,081 at generation 10 of 60
+        # (1,110 of its 1,347 CMA-ES seconds went on generations 11-60); in the 2026-12-07 run
+        # its evaluations were 1,494 at generation 10, 1,483 at 20 and 1,462-1,569 up to 60
+        # (527 of its 791 seconds on generations 21-60; experiments/README.md).
+        evolve=replace(config.evolve, stop_at_return=2058.0, stop_after_stale_evals=1),
         # The first C holds left, a dream exploit; one §5 round on mirrored episodes removes it
         # (858 ± 449 over the 100 publication seeds; experiments/README.md). The round's C
-        # evolves all its generations.
+        # evolves all its generations (its evaluations still rose at generation 30).
         iterate=IterateConfig(
             iterations=1,
             episodes=200,
@@ -95,6 +97,7 @@ def doom_take_cover(
                 "data.mirror=true",
                 "mdn_train.num_steps=1000",
                 "evolve.stop_at_return=none",
+                "evolve.stop_after_stale_evals=0",
             ),
         ),
     )
