@@ -15,7 +15,7 @@ MAIN_JOB_GOAL_S = 45 * 60  # README command 1, fresh clone to a solved Doom agen
 MAIN_JOB_GOAL_MB = 6 * 1024  # its peak resident memory
 # The committed end-to-end run of README command 1 that the main-job goals read.
 MAIN_JOB_RUN = Path(__file__).resolve().parents[1] / (
-    "experiments/results/doom_take_cover/small-main-seed0"
+    "experiments/results/doom_take_cover/small-main-252fdd4-seed0"
 )
 
 

@@ -157,10 +157,10 @@ def test_expected_wall_time_counts_the_iterations_asked_for():
     from wm_jax.pipeline.presets import expected_wall_time
 
     assert expected_wall_time("doom_take_cover", "small") == (
-        "expected wall time on a 2-core CPU: about 45 min"
+        "expected wall time on a 2-core CPU: about 38 min"
     )
     two = expected_wall_time("doom_take_cover", "small", iterations=2)
-    assert "about 95 min" in two and "× 2" in two
+    assert "about 82 min" in two and "× 2" in two
     assert "not measured" in expected_wall_time("minatar_breakout", "small")
     # C trained in the real game is another pipeline (no §5 rounds), timed apart.
     assert "about 24 min" in expected_wall_time("car_racing", "small", train_in="real")

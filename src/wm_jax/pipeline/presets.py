@@ -291,9 +291,9 @@ def preset(
 # Measured end to end on a 2-core CPU (experiments/README.md has the stage times): minutes for
 # the first C's pipeline, and for each §5 round after it; by where C trains.
 _WALL_MINUTES = {
-    # Doom: the quiet fresh-checkout run of 2026-12-07 (small-main-seed0): V 1,152 s, M 556, C
-    # 791; the round 23 min, publication 1.4.
-    ("doom_take_cover", "small", "dream"): (45, 25),
+    # Doom: the quiet fresh-checkout run of 2026-12-08 (small-main-252fdd4-seed0): V 987 s, M
+    # 660, C 488 (stopped at generation 30); the round 20 min, publication 2.3.
+    ("doom_take_cover", "small", "dream"): (38, 22),
     ("car_racing", "small", "dream"): (49, 22),  # 20 selection tracks a round; 8 of publication
     ("car_racing", "small", "real"): (24, 0),  # C 498 s, 100 evaluation episodes 344 s
 }
