@@ -121,7 +121,8 @@ def test_a_stop_rule_without_evaluations_is_one_line_from_the_command_line():
     from wm_jax.pipeline.presets import preset
 
     base = preset("doom_take_cover", "small")
-    # Doom's small preset sets both rules; each is named when it is the one left.
+    # Doom's small preset sets both rules: the stale-evaluation one is checked first, and with
+    # it off the error names stop_at_return.
     with pytest.raises(cfg.ConfigError, match="stop_after_stale_evals=1 must be >= 0 and needs"):
         cfg.apply_overrides(base, ["evolve.eval_every=0"])
     with pytest.raises(cfg.ConfigError, match="stop_at_return=2058.0 needs eval_every"):
